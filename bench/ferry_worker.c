@@ -1,0 +1,266 @@
+/*
+ * ferry's own rows: a 64-byte round trip between the parent and an echo
+ * worker on each backend and in each wait mode, and worker start to first
+ * message, all through the public API (ferry/worker.h, ferry/port.h).
+ */
+#include "bench.h"
+
+#include "ferry/port.h"
+#include "ferry/worker.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#define MSG_BYTES 64
+
+struct rt_param {
+	int backend;               /* enum ferry_backend */
+	enum ferry_wait_mode mode; /* both sides */
+};
+
+/* What the echo worker needs; lives in static storage, so a thread worker
+ * that outlives its row never reads freed memory (a process worker has its
+ * own copy from the fork). */
+struct echo_cfg {
+	int cpu;
+	enum ferry_wait_mode mode;
+	int64_t timeout_ns;
+};
+static struct echo_cfg echo_cfg;
+
+static void pin_to(int cpu)
+{
+	cpu_set_t set;
+	CPU_ZERO(&set);
+	CPU_SET(cpu, &set);
+	(void)sched_setaffinity(0, sizeof set, &set); /* best effort: unpinned still measures */
+}
+
+/* Echo every message until a 0-length one or -EPIPE. Exit code 0 on a clean
+ * end; 10 + the failing step otherwise (the row reports it). */
+static int echo_entry(ferry_worker_ctx *wc)
+{
+	const struct echo_cfg *cfg = ferry_worker_ctx_arg(wc);
+	ferry_port *p = ferry_worker_ctx_port(wc);
+	pin_to(cfg->cpu);
+	if (ferry_port_set_wait(p, cfg->mode, 0) != 0)
+		return 10;
+	for (;;) {
+		ferry_msg *m;
+		int r = ferry_port_recv(p, &m, cfg->timeout_ns);
+		if (r == -EPIPE)
+			return 0;
+		if (r != 0)
+			return 11;
+		size_t len = ferry_msg_len(m);
+		if (len == 0) {
+			ferry_msg_free(m);
+			return 0;
+		}
+		r = ferry_port_post_bytes(p, ferry_msg_data(m), len, cfg->timeout_ns);
+		ferry_msg_free(m);
+		if (r == -EPIPE)
+			return 0;
+		if (r != 0)
+			return 12;
+	}
+}
+
+/* The row's error for a failed ferry call: its code's name, the library's
+ * detailed message when it has one, and the wait that ran out. */
+static int ferry_fail(struct bench_ctx *ctx, int r, const char *what)
+{
+	const char *detail = ferry_errmsg();
+	if (r == -ETIMEDOUT)
+		return bench_failx(ctx, r, "%s: no answer within %.1f s", what,
+				   (double)ctx->peer_timeout_ns / 1e9);
+	return bench_failx(ctx, r, "%s: %s%s%s%s", what, ferry_strerror(r),
+			   detail && *detail ? " (" : "", detail ? detail : "",
+			   detail && *detail ? ")" : "");
+}
+
+static int rt_round(struct bench_ctx *ctx, ferry_port *p, const char *buf)
+{
+	int r = ferry_port_post_bytes(p, buf, MSG_BYTES, ctx->peer_timeout_ns);
+	if (r)
+		return ferry_fail(ctx, r, "ferry_port_post_bytes");
+	ferry_msg *m;
+	r = ferry_port_recv(p, &m, ctx->peer_timeout_ns);
+	if (r)
+		return ferry_fail(ctx, r, "ferry_port_recv");
+	size_t len = ferry_msg_len(m);
+	ferry_msg_free(m);
+	if (len != MSG_BYTES)
+		return bench_failx(ctx, -EBADMSG, "echo of %zu bytes instead of %d", len,
+				   MSG_BYTES);
+	return 0;
+}
+
+/* Join the worker and turn an abnormal end into the row's error. */
+static int finish_worker(struct bench_ctx *ctx, ferry_worker *w, int r)
+{
+	struct ferry_worker_status st = { 0, 0 };
+	int jr = ferry_worker_join(w, &st, ctx->peer_timeout_ns);
+	ferry_worker_destroy(w);
+	if (r && jr == 0 && st.signal) /* the worker's death is the news */
+		bench_failx(ctx, -ECHILD, "worker died by signal %d (%s)", st.signal,
+			   strsignal(st.signal));
+	if (r)
+		return r;
+	if (jr)
+		return ferry_fail(ctx, jr, "ferry_worker_join");
+	if (st.signal)
+		return bench_failx(ctx, -ECHILD, "worker died by signal %d (%s)", st.signal,
+				  strsignal(st.signal));
+	if (st.code)
+		return bench_failx(ctx, -EPROTO, "worker exited with code %d", st.code);
+	return 0;
+}
+
+static int run_rt(struct bench_ctx *ctx, const struct bench_scenario *s,
+		  struct bench_samples *out)
+{
+	const struct rt_param *prm = s->arg;
+	/* Spin rows cost ~100s of ns, blocking ones tens of us; adaptive ones
+	 * are either, so they get the smaller count and the row budget. */
+	enum bench_cost cost = prm->mode == FERRY_WAIT_SPIN ? BENCH_CHEAP : BENCH_WAKE;
+	size_t n = bench_count(ctx, cost), warm = bench_warmup_count(ctx, cost);
+	if (bench_samples_reserve(out, n))
+		return bench_fail(ctx, -ENOMEM, "samples");
+
+	echo_cfg.cpu = ctx->cpu_peer;
+	echo_cfg.mode = prm->mode;
+	echo_cfg.timeout_ns = ctx->peer_timeout_ns;
+	struct ferry_worker_opts o = {
+		.backend = prm->backend,
+		.entry = echo_entry,
+		.name = "bench-echo",
+		.arg = &echo_cfg,
+	};
+	ferry_worker *w;
+	int r = ferry_worker_spawn(&w, &o);
+	if (r)
+		return ferry_fail(ctx, r, "ferry_worker_spawn");
+	ferry_port *p = ferry_worker_port(w);
+	r = ferry_port_set_wait(p, prm->mode, 0);
+	if (r) {
+		ferry_fail(ctx, r, "ferry_port_set_wait");
+		return finish_worker(ctx, w, r);
+	}
+	char buf[MSG_BYTES];
+	memset(buf, 0x5a, sizeof buf);
+	for (size_t i = 0; i < warm && r == 0 && !bench_warm_stop(ctx, i); i++)
+		r = rt_round(ctx, p, buf);
+	uint64_t t0 = bench_now();
+	for (size_t i = 0; i < n && r == 0 && !bench_stop(ctx, i); i++) {
+		r = rt_round(ctx, p, buf);
+		uint64_t t1 = bench_now();
+		bench_samples_add(out, bench_ns(t1 - t0));
+		t0 = t1;
+	}
+	/* The 0-length message ends the echo loop. */
+	if (r == 0) {
+		int er = ferry_port_post_bytes(p, buf, 0, ctx->peer_timeout_ns);
+		if (er)
+			r = ferry_fail(ctx, er, "ferry_port_post_bytes of the end message");
+	}
+	return finish_worker(ctx, w, r);
+}
+
+/* Start: the worker posts one message at once and ends. */
+static int hello_entry(ferry_worker_ctx *wc)
+{
+	const struct echo_cfg *cfg = ferry_worker_ctx_arg(wc);
+	static const char hello[MSG_BYTES] = "up";
+	int r = ferry_port_post_bytes(ferry_worker_ctx_port(wc), hello, sizeof hello,
+				      cfg->timeout_ns);
+	return r == 0 ? 0 : 10;
+}
+
+static int run_start(struct bench_ctx *ctx, const struct bench_scenario *s,
+		     struct bench_samples *out)
+{
+	const struct rt_param *prm = s->arg;
+	size_t n = bench_count(ctx, BENCH_START), warm = bench_warmup_count(ctx, BENCH_START);
+	if (bench_samples_reserve(out, n))
+		return bench_fail(ctx, -ENOMEM, "samples");
+	/* Like the pthread_create and fork floors: the new side goes where the
+	 * scheduler puts it. */
+	int r = bench_pin(ctx, BENCH_ANY);
+	if (r)
+		return bench_fail(ctx, r, "sched_setaffinity");
+	echo_cfg.timeout_ns = ctx->peer_timeout_ns;
+	struct ferry_worker_opts o = {
+		.backend = prm->backend,
+		.entry = hello_entry,
+		.name = "bench-start",
+		.arg = &echo_cfg,
+	};
+	struct bench_loop lp = { .warm = warm, .n = n };
+	while (bench_loop_next(ctx, &lp)) {
+		ferry_worker *w;
+		uint64_t t0 = bench_now();
+		r = ferry_worker_spawn(&w, &o);
+		if (r)
+			return ferry_fail(ctx, r, "ferry_worker_spawn");
+		ferry_port *p = ferry_worker_port(w);
+		/* Spin on the parent side: the figure is the start, not a wake. */
+		r = ferry_port_set_wait(p, FERRY_WAIT_SPIN, 0);
+		if (r) {
+			ferry_fail(ctx, r, "ferry_port_set_wait");
+			return finish_worker(ctx, w, r);
+		}
+		ferry_msg *m;
+		r = ferry_port_recv(p, &m, ctx->peer_timeout_ns);
+		uint64_t t1 = bench_now();
+		if (r) {
+			ferry_fail(ctx, r, "ferry_port_recv of the first message");
+			return finish_worker(ctx, w, r);
+		}
+		ferry_msg_free(m);
+		r = finish_worker(ctx, w, 0);
+		if (r)
+			return r;
+		if (lp.measuring)
+			bench_samples_add(out, bench_ns(t1 - t0));
+	}
+	return 0;
+}
+
+#define RT_GROUP "round trip, 64 B"
+#define START_GROUP "worker start to first message"
+
+static const struct rt_param p_spin_thr = { FERRY_THREAD, FERRY_WAIT_SPIN };
+static const struct rt_param p_spin_prc = { FERRY_PROCESS, FERRY_WAIT_SPIN };
+static const struct rt_param p_adap_thr = { FERRY_THREAD, FERRY_WAIT_ADAPTIVE };
+static const struct rt_param p_adap_prc = { FERRY_PROCESS, FERRY_WAIT_ADAPTIVE };
+static const struct rt_param p_block_thr = { FERRY_THREAD, FERRY_WAIT_BLOCK };
+static const struct rt_param p_block_prc = { FERRY_PROCESS, FERRY_WAIT_BLOCK };
+
+static const struct bench_scenario ferry_scenarios[] = {
+	{ .id = "rt64.ferry.spin.thread", .group = RT_GROUP, .order = 110, .name = "ferry port",
+	  .backend = "thread", .mode = "spin", .floor = "rt64.spin.thread", .run = run_rt,
+	  .arg = &p_spin_thr },
+	{ .id = "rt64.ferry.spin.process", .group = RT_GROUP, .order = 111, .name = "ferry port",
+	  .backend = "process", .mode = "spin", .floor = "rt64.spin.process", .run = run_rt,
+	  .arg = &p_spin_prc },
+	{ .id = "rt64.ferry.adaptive.thread", .group = RT_GROUP, .order = 112,
+	  .name = "ferry port", .backend = "thread", .mode = "adaptive",
+	  .floor = "rt64.spin.thread", .run = run_rt, .arg = &p_adap_thr },
+	{ .id = "rt64.ferry.adaptive.process", .group = RT_GROUP, .order = 113,
+	  .name = "ferry port", .backend = "process", .mode = "adaptive",
+	  .floor = "rt64.spin.process", .run = run_rt, .arg = &p_adap_prc },
+	{ .id = "rt64.ferry.block.thread", .group = RT_GROUP, .order = 114, .name = "ferry port",
+	  .backend = "thread", .mode = "block", .floor = "rt64.futex.thread", .run = run_rt,
+	  .arg = &p_block_thr },
+	{ .id = "rt64.ferry.block.process", .group = RT_GROUP, .order = 115,
+	  .name = "ferry port", .backend = "process", .mode = "block",
+	  .floor = "rt64.futex.process", .run = run_rt, .arg = &p_block_prc },
+	{ .id = "start.ferry.thread", .group = START_GROUP, .order = 210, .name = "ferry worker",
+	  .backend = "thread", .mode = "spin", .floor = "start.pthread", .run = run_start,
+	  .arg = &p_spin_thr },
+	{ .id = "start.ferry.process", .group = START_GROUP, .order = 211,
+	  .name = "ferry worker", .backend = "process", .mode = "spin", .floor = "start.fork",
+	  .run = run_start, .arg = &p_spin_prc },
+};
+BENCH_REGISTER(ferry_scenarios)

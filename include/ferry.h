@@ -1,0 +1,12 @@
+/* ferry.h - the whole public API of ferry. */
+#ifndef FERRY_H
+#define FERRY_H
+
+#include "ferry/common.h"
+#include "ferry/seg.h"
+#include "ferry/atomic.h"
+#include "ferry/ring.h"
+#include "ferry/port.h"
+#include "ferry/worker.h"
+
+#endif /* FERRY_H */

@@ -1,0 +1,115 @@
+/*
+ * ferry/port.h - MessageChannel-style entangled ports.
+ *
+ * ferry_channel() makes two ports joined by one shared segment: an SPSC ring
+ * and two eventcounts each way, the closed flags, and a control socket pair
+ * (for fds, and so that a peer process that dies is seen as gone). The two
+ * ports may live in two threads, or in two processes after a fork.
+ *
+ * Waiting: a receiver (or a sender facing a full ring) spins for a short
+ * budget, then announces that it sleeps and sleeps on the eventcount; the
+ * other side makes a syscall only when someone sleeps. The mode is per port:
+ * FERRY_WAIT_ADAPTIVE (default), FERRY_WAIT_SPIN (never sleeps: lowest
+ * latency, burns a core), FERRY_WAIT_BLOCK (sleeps at once).
+ *
+ * Closing: ferry_port_close() on one side delivers everything posted before
+ * it; then the peer's recv returns -EPIPE, and posting to a closed channel
+ * returns -EPIPE. A peer process that dies is reported the same way within a
+ * bounded time (FERRY_PORT_LIVENESS_NS), never waited on forever.
+ *
+ * Threads: one thread posts on a port at a time, and one receives; a port may
+ * be used by a different thread at a different time. Messages arrive in post
+ * order.
+ */
+#ifndef FERRY_PORT_H
+#define FERRY_PORT_H
+
+#include "ferry/common.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct ferry_port ferry_port;
+typedef struct ferry_msg ferry_msg;
+
+enum ferry_wait_mode {
+	FERRY_WAIT_ADAPTIVE = 0, /* spin briefly, yield, then sleep */
+	FERRY_WAIT_SPIN = 1,     /* spin until the deadline */
+	FERRY_WAIT_BLOCK = 2,    /* sleep at once */
+};
+
+/* How long a sleeping port may take to notice that its peer process died. */
+#define FERRY_PORT_LIVENESS_NS (50 * 1000 * 1000)
+
+/* Default ring size each way, and its bounds. */
+#define FERRY_CHANNEL_RING_DEFAULT ((size_t)256 * 1024)
+
+struct ferry_channel_opts {
+	size_t ring_bytes; /* each direction; a power of two; 0 = default */
+};
+
+/*
+ * ferry_channel - a new channel; *@a and *@b are its two ports.
+ * @opts may be NULL (defaults).
+ * Ownership: on success the caller owns both ports (ferry_port_destroy each);
+ *   on failure both are NULL.
+ * Returns: 0, -EINVAL (NULL out pointer, ring_bytes not a power of two in
+ *   range), -ENOMEM, -ENOSPC, -EMFILE.
+ */
+FERRY_API int ferry_channel(ferry_port **a, ferry_port **b,
+			    const struct ferry_channel_opts *opts);
+
+/*
+ * ferry_port_post_bytes - send @len bytes (copied; the caller keeps @data).
+ * Blocking: waits up to @timeout_ns while the ring is full (0 = try once).
+ * Returns: 0, -EINVAL (NULL port, NULL data with len > 0), -EAGAIN (full,
+ *   timeout 0), -ETIMEDOUT, -EPIPE (either side closed, or peer dead),
+ *   -EMSGSIZE (larger than the ring can ever hold).
+ */
+FERRY_API int ferry_port_post_bytes(ferry_port *port, const void *data, size_t len,
+				    int64_t timeout_ns);
+
+/*
+ * ferry_port_recv - the next message, waiting up to @timeout_ns
+ * (0 = try once, FERRY_FOREVER = no limit).
+ * Ownership: on success *@msg is the caller's (ferry_msg_free); on failure
+ *   *@msg is NULL.
+ * Returns: 0, -EINVAL, -EAGAIN (none now, timeout 0), -ETIMEDOUT, -EPIPE
+ *   (peer closed or died and everything it posted was received), -EPROTO
+ *   (the shared ring is corrupt; the channel is closed).
+ */
+FERRY_API int ferry_port_recv(ferry_port *port, ferry_msg **msg, int64_t timeout_ns);
+
+/* The message's bytes and length; valid until ferry_msg_free. */
+FERRY_API const void *ferry_msg_data(const ferry_msg *msg);
+FERRY_API size_t ferry_msg_len(const ferry_msg *msg);
+/* ferry_msg_free - free a received message. NULL ok. */
+FERRY_API void ferry_msg_free(ferry_msg *msg);
+
+/*
+ * ferry_port_set_wait - how this port waits in recv and in a blocked post.
+ * @spin_ns: spin budget for FERRY_WAIT_ADAPTIVE (0 = the default, ~20 us).
+ * Returns: 0, -EINVAL (NULL port, unknown mode, negative budget).
+ */
+FERRY_API int ferry_port_set_wait(ferry_port *port, enum ferry_wait_mode mode,
+				  int64_t spin_ns);
+
+/*
+ * ferry_port_close - close the channel from this side: the peer receives
+ * what this side posted, then -EPIPE; waiters on both sides wake. The handle
+ * stays valid (recv and post return -EPIPE) until ferry_port_destroy.
+ * Idempotent; NULL ok.
+ */
+FERRY_API void ferry_port_close(ferry_port *port);
+
+/* ferry_port_destroy - close (if not yet) and free the handle. NULL ok. */
+FERRY_API void ferry_port_destroy(ferry_port *port);
+
+/* Largest message ferry_port_post_bytes accepts on this port. */
+FERRY_API size_t ferry_port_max_message(const ferry_port *port);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* FERRY_PORT_H */

@@ -1,0 +1,462 @@
+/*
+ * Ports: two entangled ends of a channel segment.
+ *
+ * Waiting follows PERF.md: a cross-core wake costs ~22 us here and a spin
+ * ~0.1 us, so a waiter first spins on the ring (catching a quick reply at
+ * spin cost), then announces its sleep on the eventcount and sleeps; the
+ * other side pays the futex syscall only when it sees the announcement.
+ *
+ * A dead peer process cannot notify anyone, so a sleeper never sleeps longer
+ * than FERRY_PORT_LIVENESS_NS at a time: after each slice it asks its end of
+ * the control socket pair whether the other end hung up. The peer's end is
+ * held only by the peer's process (runtime/ drops the copies a fork leaves),
+ * so a hang-up means the peer is gone, and nothing it posts will follow.
+ */
+#include "ports/port_int.h"
+#include "shm/err.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define DEFAULT_SPIN_NS (20 * 1000)
+#define HDR_BYTES 4096u
+
+struct ferry_port {
+	struct ferry_port *next, *prev; /* the process's registry of live ports */
+	ferry_seg *seg;
+	struct chan_hdr *hdr;
+	ferry_ring_spsc *tx, *rx;
+	struct chan_dir *txd, *rxd; /* eventcounts of the tx and rx directions */
+	int sock;                   /* our end of the control socket pair */
+	int side;
+	/* Both may be read by the posting and the receiving thread at once and
+	 * set by either (or by a closing thread): relaxed atomics suffice, as
+	 * the rings' own closed words carry the ordering. */
+	atomic_int closed;          /* ferry_port_close was called here */
+	atomic_int peer_gone;       /* the peer process hung up */
+	enum ferry_wait_mode mode;
+	int64_t spin_ns;
+	size_t max_msg;
+};
+
+struct ferry_msg {
+	size_t len;
+	alignas(16) unsigned char data[];
+};
+
+/*
+ * Every live port of the process, so that a forked worker can drop the
+ * control sockets of the ports that are not its own: a copy of another
+ * worker's parent-side socket left open in a sibling would hide the parent's
+ * death from that worker. The lock is held across fork (pthread_atfork), so
+ * the child never inherits it locked.
+ */
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct ferry_port registry = { .next = &registry, .prev = &registry };
+static pthread_once_t registry_once = PTHREAD_ONCE_INIT;
+
+static void registry_lock_fn(void)
+{
+	pthread_mutex_lock(&registry_lock);
+}
+
+static void registry_unlock_fn(void)
+{
+	pthread_mutex_unlock(&registry_lock);
+}
+
+static void registry_init(void)
+{
+	pthread_atfork(registry_lock_fn, registry_unlock_fn, registry_unlock_fn);
+}
+
+static void registry_add(ferry_port *p)
+{
+	pthread_once(&registry_once, registry_init);
+	pthread_mutex_lock(&registry_lock);
+	p->next = registry.next;
+	p->prev = &registry;
+	registry.next->prev = p;
+	registry.next = p;
+	pthread_mutex_unlock(&registry_lock);
+}
+
+static void registry_del(ferry_port *p)
+{
+	pthread_mutex_lock(&registry_lock);
+	p->prev->next = p->next;
+	p->next->prev = p->prev;
+	pthread_mutex_unlock(&registry_lock);
+}
+
+void ferry__port_keep_only(ferry_port *keep)
+{
+	pthread_mutex_lock(&registry_lock);
+	for (ferry_port *p = registry.next; p != &registry; p = p->next) {
+		if (p != keep && p->sock >= 0) {
+			close(p->sock);
+			p->sock = -1;
+		}
+	}
+	pthread_mutex_unlock(&registry_lock);
+}
+
+static int port_open(ferry_port **out, ferry_seg *seg, int side, int sock)
+{
+	ferry_port *p = calloc(1, sizeof *p);
+	if (!p)
+		return ferry__fail(-ENOMEM, "ferry_channel: out of memory for a port");
+	p->seg = seg;
+	p->hdr = ferry_seg_data(seg);
+	char *base = (char *)p->hdr;
+	p->tx = (ferry_ring_spsc *)(base + p->hdr->ring_off[side]);
+	p->rx = (ferry_ring_spsc *)(base + p->hdr->ring_off[!side]);
+	p->txd = &p->hdr->dir[side];
+	p->rxd = &p->hdr->dir[!side];
+	p->sock = sock;
+	p->side = side;
+	p->mode = FERRY_WAIT_ADAPTIVE;
+	p->spin_ns = DEFAULT_SPIN_NS;
+	p->max_msg = ferry_ring_spsc_max_record(p->tx) - sizeof(struct wire_hdr);
+	registry_add(p);
+	*out = p;
+	return 0;
+}
+
+FERRY_API int ferry_channel(ferry_port **a, ferry_port **b, const struct ferry_channel_opts *opts)
+{
+	if (a)
+		*a = NULL;
+	if (b)
+		*b = NULL;
+	if (!a || !b)
+		return ferry__fail(-EINVAL, "ferry_channel: %s is NULL", !a ? "a" : "b");
+	size_t ring_bytes = opts && opts->ring_bytes ? opts->ring_bytes : FERRY_CHANNEL_RING_DEFAULT;
+	size_t rsz = ferry_ring_spsc_memsize(ring_bytes);
+	if (!rsz)
+		return ferry__fail(-EINVAL,
+				   "ferry_channel: ring_bytes %zu is not a power of two in [%u, %u]",
+				   ring_bytes, FERRY_RING_SPSC_MIN_CAP, FERRY_RING_SPSC_MAX_CAP);
+	rsz = (rsz + 63) & ~(size_t)63;
+
+	ferry_seg *seg;
+	int rc = ferry_seg_create(&seg, HDR_BYTES + 2 * rsz, "ferry-channel");
+	if (rc)
+		return rc;
+	struct chan_hdr *h = ferry_seg_data(seg);
+	h->magic = FERRY_CHAN_MAGIC;
+	h->version = FERRY_CHAN_VERSION;
+	h->seg_size = HDR_BYTES + 2 * rsz;
+	for (int d = 0; d < 2; d++) {
+		h->ring_off[d] = HDR_BYTES + (uint64_t)d * rsz;
+		h->ring_size[d] = rsz;
+		ferry_ec_init(&h->dir[d].data_ec);
+		ferry_ec_init(&h->dir[d].space_ec);
+		rc = ferry_ring_spsc_init((ferry_ring_spsc *)((char *)h + h->ring_off[d]), rsz);
+		if (rc) {
+			ferry_seg_unref(seg);
+			return rc;
+		}
+	}
+
+	int sv[2];
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
+		rc = ferry__errno(-errno, "ferry_channel: socketpair");
+		ferry_seg_unref(seg);
+		return rc;
+	}
+	rc = port_open(a, seg, 0, sv[0]);
+	if (rc == 0) {
+		rc = port_open(b, ferry_seg_ref(seg), 1, sv[1]);
+		if (rc) {
+			ferry_seg_unref(seg);
+			registry_del(*a);
+			free(*a);
+			*a = NULL;
+		}
+	}
+	if (rc) {
+		close(sv[0]);
+		close(sv[1]);
+		ferry_seg_unref(seg);
+	}
+	return rc;
+}
+
+static inline int is_closed(ferry_port *p)
+{
+	return atomic_load_explicit(&p->closed, memory_order_relaxed);
+}
+
+static inline int is_gone(ferry_port *p)
+{
+	return atomic_load_explicit(&p->peer_gone, memory_order_relaxed);
+}
+
+/* Has the peer's end of the control socket hung up? Sticky once seen. */
+static int peer_hung_up(ferry_port *p)
+{
+	if (atomic_load_explicit(&p->peer_gone, memory_order_relaxed))
+		return 1;
+	struct pollfd pfd = { .fd = p->sock, .events = POLLIN | POLLRDHUP };
+	if (poll(&pfd, 1, 0) > 0 && (pfd.revents & (POLLHUP | POLLRDHUP | POLLERR))) {
+		atomic_store_explicit(&p->peer_gone, 1, memory_order_relaxed);
+		return 1;
+	}
+	return 0;
+}
+
+/*
+ * Wait until @attempt(p, arg) stops returning -EAGAIN, following the port's
+ * wait mode; @ec is the eventcount the other side notifies when the attempt
+ * may succeed. Returns the attempt's result, -EAGAIN (timeout 0), -ETIMEDOUT,
+ * or -EPIPE when the peer is gone and a last attempt still finds nothing.
+ */
+static int wait_until(ferry_port *p, struct ferry_ec *ec, int (*attempt)(ferry_port *, void *),
+		      void *arg, int64_t timeout_ns)
+{
+	int rc = attempt(p, arg);
+	if (rc != -EAGAIN || timeout_ns == 0)
+		return rc;
+	int64_t now = ferry__now_ns();
+	int64_t deadline = timeout_ns < 0 ? INT64_MAX : now + timeout_ns;
+	int64_t spin_until = p->mode == FERRY_WAIT_BLOCK ? now
+			   : p->mode == FERRY_WAIT_SPIN ? INT64_MAX
+			   : now + p->spin_ns;
+	int64_t next_liveness = now + FERRY_PORT_LIVENESS_NS;
+
+	for (unsigned i = 1;; i++) {
+		rc = attempt(p, arg);
+		if (rc != -EAGAIN)
+			return rc;
+		/* Reading the clock costs ~20 ns: while spinning, once every 16 turns.
+		 * Every 1024 turns (~40 us) a spinner yields, so that a peer sharing
+		 * its core (one CPU, or more spinners than cores) still runs. */
+		if (now < spin_until && (i & 15)) {
+			ferry__cpu_relax();
+			continue;
+		}
+		if ((i & 1023) == 0)
+			sched_yield();
+		now = ferry__now_ns();
+		if (now >= deadline)
+			return -ETIMEDOUT;
+		if (now >= next_liveness) {
+			next_liveness = now + FERRY_PORT_LIVENESS_NS;
+			if (peer_hung_up(p)) {
+				rc = attempt(p, arg);
+				return rc == -EAGAIN ? -EPIPE : rc;
+			}
+		}
+		if (now < spin_until) {
+			ferry__cpu_relax();
+			continue;
+		}
+		/* Announce the sleep, re-check, then sleep one liveness slice at most. */
+		uint32_t key = ferry_ec_prepare(ec);
+		rc = attempt(p, arg);
+		if (rc != -EAGAIN) {
+			ferry_ec_cancel(ec);
+			return rc;
+		}
+		int64_t until = next_liveness < deadline ? next_liveness : deadline;
+		ferry_ec_wait(ec, key, until - now);
+		now = ferry__now_ns();
+		/* Woken by a notify: the next message often follows closely, so an
+		 * adaptive waiter spins a little again before the next sleep. */
+		if (p->mode == FERRY_WAIT_ADAPTIVE)
+			spin_until = now + p->spin_ns / 4;
+	}
+}
+
+struct post_arg {
+	size_t len;
+	void *where;
+};
+
+static int try_reserve(ferry_port *p, void *arg)
+{
+	struct post_arg *a = arg;
+	/* A peer known to be gone will never read what we post. */
+	if (is_closed(p) || is_gone(p))
+		return -EPIPE;
+	return ferry_ring_spsc_reserve(p->tx, a->len, &a->where);
+}
+
+FERRY_API int ferry_port_post_bytes(ferry_port *p, const void *data, size_t len, int64_t timeout_ns)
+{
+	if (!p)
+		return ferry__fail(-EINVAL, "ferry_port_post_bytes: port is NULL");
+	if (!data && len)
+		return ferry__fail(-EINVAL, "ferry_port_post_bytes: data is NULL with len %zu", len);
+	if (len > p->max_msg)
+		return ferry__fail(-EMSGSIZE,
+				   "ferry_port_post_bytes: %zu bytes exceed this port's largest message (%zu)",
+				   len, p->max_msg);
+	struct post_arg a = { .len = sizeof(struct wire_hdr) + len };
+	int rc = wait_until(p, &p->txd->space_ec, try_reserve, &a, timeout_ns);
+	if (rc) {
+		if (rc == -EPIPE)
+			return ferry__fail(rc, "ferry_port_post_bytes: the channel is closed%s",
+					   is_gone(p) ? " (peer process gone)" : "");
+		if (rc == -EAGAIN || rc == -ETIMEDOUT)
+			return ferry__fail(rc, "ferry_port_post_bytes: ring full%s",
+					   rc == -ETIMEDOUT ? " until the timeout" : "");
+		return rc;
+	}
+	struct wire_hdr wh = { .kind = WIRE_RAW, .aux = 0 };
+	memcpy(a.where, &wh, sizeof wh);
+	if (len)
+		memcpy((char *)a.where + sizeof wh, data, len);
+	ferry_ring_spsc_commit(p->tx, a.len);
+	ferry_ec_notify(&p->txd->data_ec);
+	return 0;
+}
+
+static int try_peek(ferry_port *p, void *arg)
+{
+	if (is_closed(p))
+		return -EPIPE;
+	const void **rec = arg;
+	size_t len;
+	int rc = ferry_ring_spsc_peek(p->rx, &rec[0], &len);
+	if (rc == 0)
+		rec[1] = (const void *)(uintptr_t)len;
+	return rc;
+}
+
+FERRY_API int ferry_port_recv(ferry_port *p, ferry_msg **msg, int64_t timeout_ns)
+{
+	if (msg)
+		*msg = NULL;
+	if (!p || !msg)
+		return ferry__fail(-EINVAL, "ferry_port_recv: %s is NULL", !p ? "port" : "msg");
+	const void *rec[2];
+	int rc = wait_until(p, &p->rxd->data_ec, try_peek, rec, timeout_ns);
+	if (rc) {
+		switch (rc) {
+		case -EPIPE:
+			return ferry__fail(rc, "ferry_port_recv: %s", is_closed(p) ? "this port is closed"
+					   : is_gone(p) ? "the peer process is gone"
+					   : "the peer closed the channel");
+		case -EAGAIN:
+			return ferry__fail(rc, "ferry_port_recv: no message waiting");
+		case -ETIMEDOUT:
+			return ferry__fail(rc, "ferry_port_recv: no message before the timeout");
+		case -EPROTO:
+			ferry_ring_spsc_close(p->tx);
+			ferry_ec_notify(&p->txd->data_ec);
+			return ferry__fail(rc, "ferry_port_recv: the channel's shared ring is corrupt; channel closed");
+		}
+		return rc;
+	}
+	size_t len = (size_t)(uintptr_t)rec[1];
+	struct wire_hdr wh;
+	if (len < sizeof wh) {
+		ferry_ring_spsc_release(p->rx);
+		ferry_ec_notify(&p->rxd->space_ec);
+		return ferry__fail(-EBADMSG, "ferry_port_recv: record of %zu bytes is shorter than its header", len);
+	}
+	memcpy(&wh, rec[0], sizeof wh);
+	if (wh.kind != WIRE_RAW) {
+		ferry_ring_spsc_release(p->rx);
+		ferry_ec_notify(&p->rxd->space_ec);
+		return ferry__fail(-EBADMSG, "ferry_port_recv: unknown record kind %u", wh.kind);
+	}
+	len -= sizeof wh;
+	ferry_msg *m = malloc(sizeof *m + len);
+	if (!m)
+		return ferry__fail(-ENOMEM, "ferry_port_recv: out of memory for a %zu-byte message", len);
+	m->len = len;
+	memcpy(m->data, (const char *)rec[0] + sizeof wh, len);
+	ferry_ring_spsc_release(p->rx);
+	ferry_ec_notify(&p->rxd->space_ec);
+	*msg = m;
+	return 0;
+}
+
+FERRY_API const void *ferry_msg_data(const ferry_msg *m)
+{
+	return m ? m->data : NULL;
+}
+
+FERRY_API size_t ferry_msg_len(const ferry_msg *m)
+{
+	return m ? m->len : 0;
+}
+
+FERRY_API void ferry_msg_free(ferry_msg *m)
+{
+	free(m);
+}
+
+FERRY_API int ferry_port_set_wait(ferry_port *p, enum ferry_wait_mode mode, int64_t spin_ns)
+{
+	if (!p)
+		return ferry__fail(-EINVAL, "ferry_port_set_wait: port is NULL");
+	if (mode != FERRY_WAIT_ADAPTIVE && mode != FERRY_WAIT_SPIN && mode != FERRY_WAIT_BLOCK)
+		return ferry__fail(-EINVAL, "ferry_port_set_wait: unknown mode %d", (int)mode);
+	if (spin_ns < 0)
+		return ferry__fail(-EINVAL, "ferry_port_set_wait: negative spin budget %lld",
+				   (long long)spin_ns);
+	p->mode = mode;
+	p->spin_ns = spin_ns ? spin_ns : DEFAULT_SPIN_NS;
+	return 0;
+}
+
+FERRY_API void ferry_port_close(ferry_port *p)
+{
+	if (!p || atomic_exchange_explicit(&p->closed, 1, memory_order_relaxed))
+		return;
+	/* Our tx ring: the peer drains it, then reads -EPIPE. Our rx ring: the
+	 * peer's next reserve fails at once. Wake whoever sleeps on either. */
+	ferry_ring_spsc_close(p->tx);
+	ferry_ring_spsc_close(p->rx);
+	ferry_ec_notify(&p->txd->data_ec);
+	ferry_ec_notify(&p->txd->space_ec);
+	ferry_ec_notify(&p->rxd->data_ec);
+	ferry_ec_notify(&p->rxd->space_ec);
+	/* Tell a peer that sleeps through a liveness slice as well. */
+	if (p->sock >= 0)
+		shutdown(p->sock, SHUT_RDWR);
+}
+
+FERRY_API void ferry_port_destroy(ferry_port *p)
+{
+	if (!p)
+		return;
+	ferry_port_close(p);
+	registry_del(p);
+	if (p->sock >= 0)
+		close(p->sock);
+	ferry_seg_unref(p->seg);
+	free(p);
+}
+
+FERRY_API size_t ferry_port_max_message(const ferry_port *p)
+{
+	return p ? p->max_msg : 0;
+}
+
+void ferry__port_forget(ferry_port *p)
+{
+	if (!p)
+		return;
+	registry_del(p);
+	if (p->sock >= 0)
+		close(p->sock);
+	ferry_seg_unref(p->seg);
+	free(p);
+}
+
+int ferry__port_sock(const ferry_port *p)
+{
+	return p->sock;
+}

@@ -1,0 +1,48 @@
+/* shm/err.h - internal: recording the thread's detailed error message. */
+#ifndef FERRY_SHM_ERR_H
+#define FERRY_SHM_ERR_H
+
+#include "ferry/common.h"
+
+/*
+ * ferry__fail - record a detailed message for the calling thread and return
+ * @err, so a failing path reads: return ferry__fail(-EINVAL, "size %zu ...", n);
+ * The message is prefixed with the name of the public call when @fmt starts
+ * with it by convention ("ferry_seg_create: ...").
+ */
+int ferry__fail(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* ferry__errno - ferry__fail(-errno, ...) with strerror appended. */
+int ferry__errno(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#define FERRY_LIKELY(x) __builtin_expect(!!(x), 1)
+#define FERRY_UNLIKELY(x) __builtin_expect(!!(x), 0)
+
+/* Monotonic clock in nanoseconds. */
+int64_t ferry__now_ns(void);
+
+/* Absolute deadline for a relative timeout (FERRY_FOREVER stays negative). */
+static inline int64_t ferry__deadline(int64_t timeout_ns)
+{
+	return timeout_ns < 0 ? -1 : ferry__now_ns() + timeout_ns;
+}
+
+/* Nanoseconds left until @deadline (0 when passed; -1 for no deadline). */
+static inline int64_t ferry__remaining(int64_t deadline)
+{
+	if (deadline < 0)
+		return -1;
+	int64_t left = deadline - ferry__now_ns();
+	return left > 0 ? left : 0;
+}
+
+static inline void ferry__cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+	__builtin_ia32_pause();
+#elif defined(__aarch64__)
+	__asm__ __volatile__("yield" ::: "memory");
+#endif
+}
+
+#endif

@@ -1,0 +1,974 @@
+/* tests/shm/ring_spsc_test.c - the SPSC ring of variable-length records. */
+#include "util/util.h"
+
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ferry/ring.h"
+
+#if defined(__SANITIZE_THREAD__)
+#define SLOW_SANITIZER 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define SLOW_SANITIZER 1
+#endif
+#endif
+#ifndef SLOW_SANITIZER
+#define SLOW_SANITIZER 0
+#endif
+
+/* White-box layout (shm/ring_spsc.c), for the corruption cases. */
+enum {
+	OFF_MAGIC = 0,
+	OFF_VERSION = 4,
+	OFF_CAP = 8,
+	OFF_MASK = 16,
+	OFF_TAIL = 64,
+	OFF_HEAD_CACHE = 72,
+	OFF_RESV = 80,
+	OFF_HEAD = 128,
+	OFF_TAIL_CACHE = 136,
+	OFF_ADV = 144,
+	OFF_CLOSED = 192,
+	OFF_DATA = 256,
+};
+
+TestSuite(ring_spsc, .timeout = 60);
+
+/* A ring in a heap block of exactly memsize bytes, so ASan sees any overrun. */
+static ferry_ring_spsc *mk(size_t cap, size_t *memsize)
+{
+	size_t n = ferry_ring_spsc_memsize(cap);
+	cr_assert_gt(n, 0);
+	void *m = aligned_alloc(64, n);
+	cr_assert_not_null(m);
+	memset(m, 0xa5, n);
+	cr_assert_eq(ferry_ring_spsc_init(m, n), 0, "%s", ferry_errmsg());
+	if (memsize)
+		*memsize = n;
+	return m;
+}
+
+static uint64_t *w64(ferry_ring_spsc *r, size_t off)
+{
+	return (uint64_t *)((char *)r + off);
+}
+
+static uint32_t *w32(ferry_ring_spsc *r, size_t off)
+{
+	return (uint32_t *)((char *)r + off);
+}
+
+static int push(ferry_ring_spsc *r, const void *buf, size_t len)
+{
+	void *p;
+	int rc = ferry_ring_spsc_reserve(r, len, &p);
+	if (rc)
+		return rc;
+	memcpy(p, buf, len);
+	return ferry_ring_spsc_commit(r, len);
+}
+
+/* Pops into buf (which has room for max_record); returns the length or an error. */
+static long pop(ferry_ring_spsc *r, void *buf)
+{
+	const void *p;
+	size_t len;
+	int rc = ferry_ring_spsc_peek(r, &p, &len);
+	if (rc)
+		return rc;
+	memcpy(buf, p, len);
+	ferry_ring_spsc_release(r);
+	return (long)len;
+}
+
+static void fill_pattern(unsigned char *p, size_t len, uint64_t seed)
+{
+	for (size_t i = 0; i < len; i++)
+		p[i] = (unsigned char)(seed * 131 + i * 7 + (seed >> 8));
+}
+
+static bool check_pattern(const unsigned char *p, size_t len, uint64_t seed)
+{
+	for (size_t i = 0; i < len; i++)
+		if (p[i] != (unsigned char)(seed * 131 + i * 7 + (seed >> 8)))
+			return false;
+	return true;
+}
+
+/* ---- sizing and arguments ---- */
+
+Test(ring_spsc, memsize_accepts_powers_of_two_in_range)
+{
+	cr_expect_eq(ferry_ring_spsc_memsize(256), FERRY_RING_SPSC_HDR_SIZE + 256);
+	cr_expect_eq(ferry_ring_spsc_memsize(1u << 20), FERRY_RING_SPSC_HDR_SIZE + (1u << 20));
+	cr_expect_eq(ferry_ring_spsc_memsize(FERRY_RING_SPSC_MAX_CAP),
+		     FERRY_RING_SPSC_HDR_SIZE + (size_t)FERRY_RING_SPSC_MAX_CAP);
+	cr_expect_eq(ferry_ring_spsc_memsize(0), 0);
+	cr_expect_eq(ferry_ring_spsc_memsize(128), 0);
+	cr_expect_eq(ferry_ring_spsc_memsize(1000), 0);
+	cr_expect_eq(ferry_ring_spsc_memsize((size_t)FERRY_RING_SPSC_MAX_CAP * 2), 0);
+}
+
+Test(ring_spsc, init_rejects_bad_arguments_naming_them)
+{
+	cr_expect_eq(ferry_ring_spsc_init(NULL, 4096), -EINVAL);
+	cr_expect(strstr(ferry_errmsg(), "NULL"), "%s", ferry_errmsg());
+	void *m = aligned_alloc(64, 8192);
+	cr_expect_eq(ferry_ring_spsc_init((ferry_ring_spsc *)((char *)m + 8), 4096), -EINVAL);
+	cr_expect(strstr(ferry_errmsg(), "aligned"), "%s", ferry_errmsg());
+	cr_expect_eq(ferry_ring_spsc_init(m, FERRY_RING_SPSC_HDR_SIZE + 255), -EINVAL);
+	cr_expect(strstr(ferry_errmsg(), "memsize"), "%s", ferry_errmsg());
+	cr_expect_eq(ferry_ring_spsc_init(m, 0), -EINVAL);
+	free(m);
+}
+
+Test(ring_spsc, init_takes_the_largest_power_of_two_that_fits)
+{
+	void *m = aligned_alloc(64, 8192);
+	cr_assert_eq(ferry_ring_spsc_init(m, FERRY_RING_SPSC_HDR_SIZE + 1000), 0);
+	cr_expect_eq(ferry_ring_spsc_capacity(m), 512);
+	cr_expect_eq(ferry_ring_spsc_max_record(m), 512 / 2 - 8);
+	cr_expect_eq(ferry_ring_spsc_check(m, FERRY_RING_SPSC_HDR_SIZE + 1000), 0);
+	cr_assert_eq(ferry_ring_spsc_init(m, 8192), 0);
+	cr_expect_eq(ferry_ring_spsc_capacity(m), 4096);
+	cr_expect_eq(ferry_ring_spsc_used(m), 0);
+	cr_expect_not(ferry_ring_spsc_is_closed(m));
+	free(m);
+}
+
+Test(ring_spsc, calls_reject_null_arguments)
+{
+	ferry_ring_spsc *r = mk(4096, NULL);
+	void *p;
+	const void *cp;
+	size_t len;
+	cr_expect_eq(ferry_ring_spsc_reserve(NULL, 1, &p), -EINVAL);
+	cr_expect_eq(ferry_ring_spsc_reserve(r, 1, NULL), -EINVAL);
+	cr_expect(strstr(ferry_errmsg(), "p is NULL"), "%s", ferry_errmsg());
+	cr_expect_eq(ferry_ring_spsc_commit(NULL, 0), -EINVAL);
+	cr_expect_eq(ferry_ring_spsc_peek(NULL, &cp, &len), -EINVAL);
+	cr_expect_eq(ferry_ring_spsc_peek(r, NULL, &len), -EINVAL);
+	cr_expect_eq(ferry_ring_spsc_peek(r, &cp, NULL), -EINVAL);
+	cr_expect_eq(ferry_ring_spsc_check(NULL, 4096), -EINVAL);
+	cr_expect_eq(ferry_ring_spsc_capacity(NULL), 0);
+	cr_expect_eq(ferry_ring_spsc_max_record(NULL), 0);
+	cr_expect_eq(ferry_ring_spsc_used(NULL), 0);
+	ferry_ring_spsc_release(NULL);
+	ferry_ring_spsc_close(NULL);
+	free(r);
+}
+
+/* ---- records ---- */
+
+Test(ring_spsc, empty_ring_peeks_eagain)
+{
+	ferry_ring_spsc *r = mk(4096, NULL);
+	const void *p;
+	size_t len;
+	cr_expect_eq(ferry_ring_spsc_peek(r, &p, &len), -EAGAIN);
+	ferry_ring_spsc_release(r); /* nothing peeked: no-op */
+	cr_expect_eq(ferry_ring_spsc_used(r), 0);
+	cr_expect_eq(ferry_ring_spsc_peek(r, &p, &len), -EAGAIN);
+	free(r);
+}
+
+Test(ring_spsc, delivers_a_record_in_place)
+{
+	ferry_ring_spsc *r = mk(4096, NULL);
+	void *w;
+	cr_assert_eq(ferry_ring_spsc_reserve(r, 5, &w), 0);
+	cr_expect_eq((uintptr_t)w % 8, 0, "records are 8-byte aligned");
+	memcpy(w, "hello", 5);
+	cr_assert_eq(ferry_ring_spsc_commit(r, 5), 0);
+	cr_expect_eq(ferry_ring_spsc_used(r), 16);
+	const void *p;
+	size_t len;
+	cr_assert_eq(ferry_ring_spsc_peek(r, &p, &len), 0);
+	cr_expect_eq(len, 5);
+	cr_expect_eq(p, w);
+	cr_expect_eq(memcmp(p, "hello", 5), 0);
+	/* peek again without release: the same record */
+	const void *p2;
+	size_t len2;
+	cr_assert_eq(ferry_ring_spsc_peek(r, &p2, &len2), 0);
+	cr_expect_eq(p2, p);
+	cr_expect_eq(len2, 5);
+	ferry_ring_spsc_release(r);
+	cr_expect_eq(ferry_ring_spsc_used(r), 0);
+	cr_expect_eq(ferry_ring_spsc_peek(r, &p, &len), -EAGAIN);
+	free(r);
+}
+
+Test(ring_spsc, zero_byte_records)
+{
+	ferry_ring_spsc *r = mk(256, NULL);
+	for (int round = 0; round < 100; round++) {
+		void *w;
+		cr_assert_eq(ferry_ring_spsc_reserve(r, 0, &w), 0);
+		cr_assert_not_null(w);
+		cr_assert_eq(ferry_ring_spsc_commit(r, 0), 0);
+		const void *p;
+		size_t len = 99;
+		cr_assert_eq(ferry_ring_spsc_peek(r, &p, &len), 0);
+		cr_assert_eq(len, 0);
+		ferry_ring_spsc_release(r);
+	}
+	/* a ring of 256 holds 32 empty records */
+	int n = 0;
+	void *w;
+	while (ferry_ring_spsc_reserve(r, 0, &w) == 0) {
+		cr_assert_eq(ferry_ring_spsc_commit(r, 0), 0);
+		n++;
+	}
+	cr_expect_eq(n, 256 / 8);
+	free(r);
+}
+
+Test(ring_spsc, reserve_more_than_commit)
+{
+	ferry_ring_spsc *r = mk(4096, NULL);
+	void *w;
+	cr_assert_eq(ferry_ring_spsc_reserve(r, 1000, &w), 0);
+	memset(w, 'x', 1000);
+	cr_assert_eq(ferry_ring_spsc_commit(r, 10), 0);
+	cr_expect_eq(ferry_ring_spsc_used(r), 8 + 16);
+	cr_assert_eq(ferry_ring_spsc_reserve(r, 3, &w), 0);
+	memcpy(w, "abc", 3);
+	cr_assert_eq(ferry_ring_spsc_commit(r, 3), 0);
+	const void *p;
+	size_t len;
+	cr_assert_eq(ferry_ring_spsc_peek(r, &p, &len), 0);
+	cr_expect_eq(len, 10);
+	ferry_ring_spsc_release(r);
+	cr_assert_eq(ferry_ring_spsc_peek(r, &p, &len), 0);
+	cr_expect_eq(len, 3);
+	cr_expect_eq(memcmp(p, "abc", 3), 0);
+	ferry_ring_spsc_release(r);
+	free(r);
+}
+
+Test(ring_spsc, commit_needs_a_matching_reservation)
+{
+	ferry_ring_spsc *r = mk(4096, NULL);
+	void *w;
+	cr_expect_eq(ferry_ring_spsc_commit(r, 0), -EINVAL);
+	cr_expect(strstr(ferry_errmsg(), "no reservation"), "%s", ferry_errmsg());
+	cr_assert_eq(ferry_ring_spsc_reserve(r, 16, &w), 0);
+	cr_expect_eq(ferry_ring_spsc_reserve(r, 16, &w), -EBUSY);
+	cr_expect_eq(ferry_ring_spsc_commit(r, 17), -EINVAL);
+	cr_expect(strstr(ferry_errmsg(), "len 17"), "%s", ferry_errmsg());
+	cr_expect_eq(ferry_ring_spsc_commit(r, 16), 0);
+	cr_expect_eq(ferry_ring_spsc_commit(r, 16), -EINVAL);
+	free(r);
+}
+
+Test(ring_spsc, rejects_records_above_max_record)
+{
+	ferry_ring_spsc *r = mk(4096, NULL);
+	size_t max = ferry_ring_spsc_max_record(r);
+	cr_expect_eq(max, 4096 / 2 - 8);
+	void *w;
+	cr_expect_eq(ferry_ring_spsc_reserve(r, max + 1, &w), -EMSGSIZE);
+	cr_expect(strstr(ferry_errmsg(), "len"), "%s", ferry_errmsg());
+	cr_expect_eq(ferry_ring_spsc_reserve(r, SIZE_MAX, &w), -EMSGSIZE);
+	cr_expect_eq(ferry_ring_spsc_reserve(r, max, &w), 0);
+	cr_expect_eq(ferry_ring_spsc_commit(r, max), 0);
+	free(r);
+}
+
+Test(ring_spsc, rejects_push_when_full)
+{
+	ferry_ring_spsc *r = mk(1024, NULL);
+	unsigned char buf[64] = { 0 };
+	int n = 0;
+	while (push(r, buf, 56) == 0) /* 64 bytes each */
+		n++;
+	cr_expect_eq(n, 1024 / 64);
+	cr_expect_eq(push(r, buf, 0), -EAGAIN);
+	cr_expect_eq(ferry_ring_spsc_used(r), 1024);
+	cr_expect_eq(pop(r, buf), 56);
+	cr_expect_eq(push(r, buf, 57), -EAGAIN, "needs 72 bytes, 64 free");
+	cr_expect_eq(push(r, buf, 56), 0);
+	cr_expect_eq(push(r, buf, 0), -EAGAIN);
+	free(r);
+}
+
+Test(ring_spsc, max_record_fits_an_empty_ring_at_every_offset)
+{
+	ferry_ring_spsc *r = mk(256, NULL);
+	size_t max = ferry_ring_spsc_max_record(r);
+	unsigned char in[256] = { 0 }, out[256];
+	for (int off = 0; off < 2 * 256 / 8; off++) {
+		fill_pattern(in, max, (uint64_t)off);
+		cr_assert_eq(push(r, in, max), 0, "offset %d", off);
+		cr_assert_eq(pop(r, out), (long)max);
+		cr_assert(check_pattern(out, max, (uint64_t)off));
+		cr_assert_eq(ferry_ring_spsc_used(r), 0);
+		/* move the indices by 8 */
+		cr_assert_eq(push(r, in, 0), 0);
+		cr_assert_eq(pop(r, out), 0);
+	}
+	free(r);
+}
+
+/* A model-checked random walk: sizes 0..max_record, reserve bigger than commit. */
+static void random_walk(size_t cap, unsigned seed, int steps)
+{
+	ferry_ring_spsc *r = mk(cap, NULL);
+	size_t max = ferry_ring_spsc_max_record(r);
+	enum { Q = 4096 };
+	static size_t lens[Q];
+	static uint64_t seeds[Q];
+	size_t qh = 0, qt = 0, used = 0;
+	uint64_t next = 0;
+	unsigned char *buf = malloc(max + 1);
+	srand(seed);
+	for (int s = 0; s < steps; s++) {
+		if (rand() % 2) {
+			size_t len;
+			switch (rand() % 4) {
+			case 0: len = 0; break;
+			case 1: len = max - (size_t)(rand() % 9); break;
+			case 2: len = (size_t)rand() % 24; break;
+			default: len = (size_t)rand() % (max + 1); break;
+			}
+			size_t ask = len + (size_t)rand() % (max - len + 1);
+			void *w;
+			int rc = ferry_ring_spsc_reserve(r, ask, &w);
+			if (rc == -EAGAIN) {
+				cr_assert(used > 0, "EAGAIN on an empty ring");
+				continue;
+			}
+			cr_assert_eq(rc, 0, "%s", ferry_errmsg());
+			cr_assert_eq((uintptr_t)w % 8, 0);
+			cr_assert((unsigned char *)w >= (unsigned char *)r + OFF_DATA);
+			cr_assert((unsigned char *)w + ask <= (unsigned char *)r + OFF_DATA + cap);
+			fill_pattern(w, len, next);
+			cr_assert_eq(ferry_ring_spsc_commit(r, len), 0);
+			cr_assert_lt(qt - qh, (size_t)Q);
+			lens[qt % Q] = len;
+			seeds[qt % Q] = next++;
+			qt++;
+			used = ferry_ring_spsc_used(r);
+		} else {
+			const void *p;
+			size_t len;
+			int rc = ferry_ring_spsc_peek(r, &p, &len);
+			if (qh == qt) {
+				cr_assert_eq(rc, -EAGAIN);
+				continue;
+			}
+			cr_assert_eq(rc, 0, "%s", ferry_errmsg());
+			cr_assert_eq(len, lens[qh % Q]);
+			cr_assert(check_pattern(p, len, seeds[qh % Q]), "record %zu", qh);
+			ferry_ring_spsc_release(r);
+			qh++;
+			used = ferry_ring_spsc_used(r);
+		}
+	}
+	free(buf);
+	free(r);
+}
+
+Test(ring_spsc, wraps_around_with_many_record_sizes)
+{
+	random_walk(256, 1, 20000);
+	random_walk(1024, 2, 20000);
+	random_walk(4096, 3, 20000);
+	random_walk(65536, 4, 20000);
+}
+
+Test(ring_spsc, every_size_up_to_max_record_round_trips)
+{
+	ferry_ring_spsc *r = mk(1024, NULL);
+	size_t max = ferry_ring_spsc_max_record(r);
+	unsigned char in[1024] = { 0 }, out[1024];
+	for (int pass = 0; pass < 3; pass++)
+		for (size_t len = 0; len <= max; len++) {
+			fill_pattern(in, len, len);
+			int rc;
+			while ((rc = push(r, in, len)) == -EAGAIN) {
+				long got = pop(r, out);
+				cr_assert_geq(got, 0);
+				cr_assert(check_pattern(out, (size_t)got, (uint64_t)got));
+			}
+			cr_assert_eq(rc, 0, "len %zu", len);
+		}
+	free(r);
+}
+
+/* ---- close ---- */
+
+Test(ring_spsc, close_delivers_committed_then_epipe)
+{
+	ferry_ring_spsc *r = mk(4096, NULL);
+	unsigned char b[8] = { 0 };
+	cr_assert_eq(push(r, "one", 3), 0);
+	cr_assert_eq(push(r, "two", 3), 0);
+	ferry_ring_spsc_close(r);
+	cr_expect(ferry_ring_spsc_is_closed(r));
+	void *w;
+	cr_expect_eq(ferry_ring_spsc_reserve(r, 1, &w), -EPIPE);
+	cr_expect_eq(pop(r, b), 3);
+	cr_expect_eq(memcmp(b, "one", 3), 0);
+	cr_expect_eq(pop(r, b), 3);
+	cr_expect_eq(memcmp(b, "two", 3), 0);
+	cr_expect_eq(pop(r, b), -EPIPE);
+	cr_expect_eq(pop(r, b), -EPIPE);
+	ferry_ring_spsc_close(r); /* idempotent */
+	cr_expect(ferry_ring_spsc_is_closed(r));
+	cr_expect_eq(pop(r, b), -EPIPE);
+	cr_expect_eq(ferry_ring_spsc_check(r, ferry_ring_spsc_memsize(4096)), 0);
+	free(r);
+}
+
+Test(ring_spsc, close_on_an_empty_ring)
+{
+	ferry_ring_spsc *r = mk(256, NULL);
+	const void *p;
+	size_t len;
+	ferry_ring_spsc_close(r);
+	cr_expect_eq(ferry_ring_spsc_peek(r, &p, &len), -EPIPE);
+	void *w;
+	cr_expect_eq(ferry_ring_spsc_reserve(r, 0, &w), -EPIPE);
+	free(r);
+}
+
+Test(ring_spsc, commit_of_an_open_reservation_after_close_is_delivered)
+{
+	ferry_ring_spsc *r = mk(256, NULL);
+	void *w;
+	cr_assert_eq(ferry_ring_spsc_reserve(r, 4, &w), 0);
+	memcpy(w, "late", 4);
+	ferry_ring_spsc_close(r); /* e.g. the consumer closes */
+	cr_expect_eq(ferry_ring_spsc_commit(r, 4), 0);
+	unsigned char b[8] = { 0 };
+	cr_expect_eq(pop(r, b), 4);
+	cr_expect_eq(pop(r, b), -EPIPE);
+	free(r);
+}
+
+/* ---- check and corruption ---- */
+
+Test(ring_spsc, check_accepts_a_fresh_ring_and_rejects_short_memory)
+{
+	size_t n;
+	ferry_ring_spsc *r = mk(4096, &n);
+	cr_expect_eq(ferry_ring_spsc_check(r, n), 0);
+	cr_expect_eq(ferry_ring_spsc_check(r, n + 4096), 0);
+	cr_expect_eq(ferry_ring_spsc_check(r, n - 1), -EPROTO);
+	cr_expect(strstr(ferry_errmsg(), "memsize"), "%s", ferry_errmsg());
+	cr_expect_eq(ferry_ring_spsc_check(r, 10), -EPROTO);
+	cr_expect_eq(ferry_ring_spsc_check((ferry_ring_spsc *)((char *)r + 8), n), -EINVAL);
+	free(r);
+}
+
+Test(ring_spsc, check_reports_version_and_magic)
+{
+	size_t n;
+	ferry_ring_spsc *r = mk(4096, &n);
+	*w32(r, OFF_VERSION) += 1;
+	cr_expect_eq(ferry_ring_spsc_check(r, n), FERRY_EVERSION);
+	*w32(r, OFF_VERSION) -= 1;
+	*w32(r, OFF_MAGIC) ^= 1;
+	cr_expect_eq(ferry_ring_spsc_check(r, n), -EPROTO);
+	cr_expect(strstr(ferry_errmsg(), "magic"), "%s", ferry_errmsg());
+	free(r);
+}
+
+Test(ring_spsc, check_reports_bad_fields)
+{
+	size_t n;
+	ferry_ring_spsc *r = mk(4096, &n);
+	*w64(r, OFF_CAP) = 3000;
+	cr_expect_eq(ferry_ring_spsc_check(r, n), -EPROTO);
+	*w64(r, OFF_CAP) = 8192;
+	*w64(r, OFF_MASK) = 8191;
+	cr_expect_eq(ferry_ring_spsc_check(r, n), -EPROTO, "capacity beyond memsize");
+	*w64(r, OFF_CAP) = 4096;
+	cr_expect_eq(ferry_ring_spsc_check(r, n), -EPROTO, "mask");
+	*w64(r, OFF_MASK) = 4095;
+	cr_expect_eq(ferry_ring_spsc_check(r, n), 0);
+	*w64(r, OFF_TAIL) = 4104;
+	cr_expect_eq(ferry_ring_spsc_check(r, n), -EPROTO, "tail beyond capacity");
+	*w64(r, OFF_TAIL) = 0;
+	*w64(r, OFF_HEAD) = 8;
+	cr_expect_eq(ferry_ring_spsc_check(r, n), -EPROTO, "head past tail");
+	*w64(r, OFF_HEAD) = 0;
+	*w64(r, OFF_TAIL) = 4;
+	cr_expect_eq(ferry_ring_spsc_check(r, n), -EPROTO, "misaligned");
+	*w64(r, OFF_TAIL) = 0;
+	*w32(r, OFF_CLOSED) = 77;
+	cr_expect_eq(ferry_ring_spsc_check(r, n), -EPROTO, "closed word");
+	free(r);
+}
+
+/* The consumer meets corruption: -EPROTO, the ring is closed, and stays so. */
+static void expect_consumer_eproto(ferry_ring_spsc *r)
+{
+	const void *p = NULL;
+	size_t len = 0;
+	cr_expect_eq(ferry_ring_spsc_peek(r, &p, &len), -EPROTO, "%s", ferry_errmsg());
+	cr_expect(strstr(ferry_errmsg(), "corrupt"), "%s", ferry_errmsg());
+	cr_expect(ferry_ring_spsc_is_closed(r));
+	cr_expect_eq(ferry_ring_spsc_peek(r, &p, &len), -EPROTO);
+	void *w;
+	int rc = ferry_ring_spsc_reserve(r, 1, &w);
+	cr_expect(rc == -EPIPE || rc == -EPROTO, "reserve after corruption: %d", rc);
+}
+
+/* A ring holding a few records, the head moved off zero. */
+static ferry_ring_spsc *mk_loaded(size_t *n)
+{
+	ferry_ring_spsc *r = mk(1024, n);
+	unsigned char b[256] = { 0 };
+	cr_assert_eq(push(r, b, 100), 0);
+	cr_assert_eq(pop(r, b), 100);
+	for (int i = 0; i < 3; i++)
+		cr_assert_eq(push(r, "abcdefgh", 8), 0);
+	return r;
+}
+
+Test(ring_spsc, corrupt_magic_gives_eproto)
+{
+	ferry_ring_spsc *r = mk_loaded(NULL);
+	*w32(r, OFF_MAGIC) = 0;
+	expect_consumer_eproto(r);
+	free(r);
+}
+
+Test(ring_spsc, corrupt_version_gives_eproto)
+{
+	ferry_ring_spsc *r = mk_loaded(NULL);
+	*w32(r, OFF_VERSION) = 2;
+	expect_consumer_eproto(r);
+	free(r);
+}
+
+Test(ring_spsc, corrupt_capacity_gives_eproto)
+{
+	uint64_t bad[] = { 0, 1, 3000, 1u << 31, UINT64_MAX, 2048 };
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		ferry_ring_spsc *r = mk_loaded(NULL);
+		*w64(r, OFF_CAP) = bad[i]; /* the mask no longer matches */
+		expect_consumer_eproto(r);
+		free(r);
+	}
+}
+
+Test(ring_spsc, corrupt_mask_gives_eproto)
+{
+	ferry_ring_spsc *r = mk_loaded(NULL);
+	*w64(r, OFF_MASK) = UINT64_MAX;
+	expect_consumer_eproto(r);
+	free(r);
+}
+
+Test(ring_spsc, tail_beyond_capacity_gives_eproto)
+{
+	ferry_ring_spsc *r = mk_loaded(NULL);
+	*w64(r, OFF_TAIL) = *w64(r, OFF_HEAD) + 1024 + 8;
+	*w64(r, OFF_TAIL_CACHE) = *w64(r, OFF_HEAD); /* force a reload */
+	expect_consumer_eproto(r);
+	free(r);
+}
+
+Test(ring_spsc, head_past_tail_gives_eproto)
+{
+	ferry_ring_spsc *r = mk_loaded(NULL);
+	*w64(r, OFF_HEAD) = *w64(r, OFF_TAIL) + 8;
+	expect_consumer_eproto(r);
+	free(r);
+}
+
+Test(ring_spsc, misaligned_indices_give_eproto)
+{
+	ferry_ring_spsc *r = mk_loaded(NULL);
+	*w64(r, OFF_HEAD) += 3;
+	expect_consumer_eproto(r);
+	free(r);
+	r = mk_loaded(NULL);
+	*w64(r, OFF_TAIL) += 3;
+	*w64(r, OFF_TAIL_CACHE) = *w64(r, OFF_HEAD);
+	expect_consumer_eproto(r);
+	free(r);
+}
+
+Test(ring_spsc, record_length_past_the_data_gives_eproto)
+{
+	size_t lens[] = { 41, 1000, 1u << 20, UINT32_MAX };
+	for (size_t i = 0; i < sizeof lens / sizeof lens[0]; i++) {
+		ferry_ring_spsc *r = mk_loaded(NULL);
+		uint64_t head = *w64(r, OFF_HEAD);
+		uint64_t *hdr = w64(r, OFF_DATA + (head & 1023));
+		*hdr = (*hdr & 0xffffffff00000000ull) | lens[i];
+		expect_consumer_eproto(r);
+		free(r);
+	}
+}
+
+Test(ring_spsc, record_reaching_past_the_buffer_end_gives_eproto)
+{
+	/* one record at offset 1008 claiming 64 bytes: within used, past the end */
+	ferry_ring_spsc *r = mk(1024, NULL);
+	unsigned char b[512] = { 0 };
+	cr_assert_eq(push(r, b, 496), 0);
+	cr_assert_eq(push(r, b, 496), 0);
+	cr_assert_eq(pop(r, b), 496);
+	cr_assert_eq(pop(r, b), 496);
+	cr_assert_eq(push(r, b, 0), 0); /* at 1008, wraps nothing */
+	cr_assert_eq(push(r, b, 200), 0);
+	uint64_t *hdr = w64(r, OFF_DATA + 1008);
+	*hdr = (*hdr & 0xffffffff00000000ull) | 64;
+	expect_consumer_eproto(r);
+	free(r);
+}
+
+Test(ring_spsc, bad_record_kind_gives_eproto)
+{
+	ferry_ring_spsc *r = mk_loaded(NULL);
+	uint64_t head = *w64(r, OFF_HEAD);
+	*w64(r, OFF_DATA + (head & 1023)) = 8; /* kind 0 */
+	expect_consumer_eproto(r);
+	free(r);
+}
+
+Test(ring_spsc, pad_markers_only_where_legal)
+{
+	/* a pad marker with the wrong length */
+	ferry_ring_spsc *r = mk_loaded(NULL);
+	uint64_t head = *w64(r, OFF_HEAD);
+	uint64_t *hdr = w64(r, OFF_DATA + (head & 1023));
+	uint64_t kind_pad;
+	{
+		/* learn the pad kind from a real wrap */
+		ferry_ring_spsc *q = mk(256, NULL);
+		unsigned char b[256] = { 0 };
+		cr_assert_eq(push(q, b, 100), 0);
+		cr_assert_eq(pop(q, b), 100);
+		cr_assert_eq(push(q, b, 100), 0);
+		cr_assert_eq(push(q, b, 100), 0); /* 112 at 224 does not fit: pad 32 */
+		kind_pad = *w64(q, OFF_DATA + 224) >> 32;
+		cr_assert_eq(*w64(q, OFF_DATA + 224) & 0xffffffff, 32 - 8);
+		cr_assert_eq(pop(q, b), 100);
+		cr_assert_eq(pop(q, b), 100);
+		free(q);
+	}
+	*hdr = kind_pad << 32 | 8;
+	expect_consumer_eproto(r);
+	free(r);
+
+	/* a pad marker at offset 0 */
+	r = mk(1024, NULL);
+	unsigned char b[256] = { 0 };
+	cr_assert_eq(push(r, b, 8), 0);
+	*w64(r, OFF_DATA) = kind_pad << 32 | (1024 - 8);
+	expect_consumer_eproto(r);
+	free(r);
+
+	/* a correct-looking pad with nothing committed after it */
+	r = mk(1024, NULL);
+	for (int i = 0; i < 3; i++) {
+		cr_assert_eq(push(r, b, 248), 0);
+		cr_assert_eq(pop(r, b), 248);
+	}
+	cr_assert_eq(push(r, b, 8), 0); /* at 768..784 */
+	cr_assert_eq(pop(r, b), 8);
+	cr_assert_eq(push(r, b, 0), 0); /* at 784 */
+	*w64(r, OFF_DATA + 784) = kind_pad << 32 | (1024 - 784 - 8);
+	expect_consumer_eproto(r);
+	free(r);
+
+	/* a pad followed by another pad */
+	r = mk(256, NULL);
+	cr_assert_eq(push(r, b, 100), 0);
+	cr_assert_eq(pop(r, b), 100);
+	cr_assert_eq(push(r, b, 100), 0);
+	cr_assert_eq(push(r, b, 100), 0);
+	cr_assert_eq(pop(r, b), 100);
+	*w64(r, OFF_DATA) = kind_pad << 32 | (256 - 8);
+	expect_consumer_eproto(r);
+	free(r);
+}
+
+Test(ring_spsc, corrupt_release_state_is_caught)
+{
+	ferry_ring_spsc *r = mk_loaded(NULL);
+	const void *p;
+	size_t len;
+	cr_assert_eq(ferry_ring_spsc_peek(r, &p, &len), 0);
+	*w64(r, OFF_ADV) = 1u << 30;
+	ferry_ring_spsc_release(r);
+	cr_expect(ferry_ring_spsc_is_closed(r));
+	cr_expect_eq(ferry_ring_spsc_peek(r, &p, &len), -EPROTO);
+	free(r);
+}
+
+Test(ring_spsc, producer_validates_head)
+{
+	ferry_ring_spsc *r = mk(1024, NULL);
+	unsigned char b[512] = { 0 };
+	while (push(r, b, 200) == 0)
+		;
+	*w64(r, OFF_HEAD) = *w64(r, OFF_TAIL) + 64; /* head past tail */
+	void *w;
+	cr_expect_eq(ferry_ring_spsc_reserve(r, 200, &w), -EPROTO);
+	cr_expect(ferry_ring_spsc_is_closed(r));
+	cr_expect_eq(ferry_ring_spsc_reserve(r, 200, &w), -EPIPE);
+	free(r);
+
+	r = mk(1024, NULL);
+	while (push(r, b, 200) == 0)
+		;
+	*w64(r, OFF_HEAD) = *w64(r, OFF_TAIL) - 4096; /* far behind: over capacity */
+	cr_expect_eq(ferry_ring_spsc_reserve(r, 200, &w), -EPROTO);
+	free(r);
+}
+
+Test(ring_spsc, producer_survives_corrupt_private_words)
+{
+	/* the consumer side can scribble on the producer's line too */
+	ferry_ring_spsc *r = mk(1024, NULL);
+	void *w;
+	*w64(r, OFF_HEAD_CACHE) = 1u << 20; /* nonsense: reloaded */
+	cr_expect_eq(ferry_ring_spsc_reserve(r, 16, &w), 0);
+	cr_expect_eq(ferry_ring_spsc_commit(r, 16), 0);
+	*w64(r, OFF_RESV) = 1u << 30;
+	cr_expect_eq(ferry_ring_spsc_commit(r, 100), -EPROTO);
+	free(r);
+	r = mk(1024, NULL);
+	*w64(r, OFF_TAIL) = 5;
+	cr_expect_eq(ferry_ring_spsc_reserve(r, 16, &w), -EPROTO);
+	free(r);
+}
+
+Test(ring_spsc, random_scribbles_never_read_out_of_bounds)
+{
+	/* Random bytes over a loaded ring: any answer but a crash (ASan watches). */
+	srand(42);
+	for (int iter = 0; iter < 3000; iter++) {
+		size_t n;
+		ferry_ring_spsc *r = mk(256, &n);
+		unsigned char b[256] = { 0 };
+		int k = rand() % 12;
+		for (int i = 0; i < k; i++) {
+			if (push(r, b, (size_t)rand() % 100) != 0)
+				break;
+			if (rand() % 3 == 0)
+				pop(r, b);
+		}
+		int hits = 1 + rand() % 4;
+		for (int i = 0; i < hits; i++) {
+			size_t off = (size_t)rand() % n;
+			((unsigned char *)r)[off] = (unsigned char)rand();
+		}
+		(void)ferry_ring_spsc_check(r, n);
+		for (int i = 0; i < 20; i++) {
+			long got = pop(r, b);
+			if (got < 0 && got != -EAGAIN)
+				break;
+			void *w;
+			if (ferry_ring_spsc_reserve(r, (size_t)rand() % 120, &w) == 0) {
+				cr_assert((unsigned char *)w >= (unsigned char *)r + OFF_DATA);
+				cr_assert((unsigned char *)w <= (unsigned char *)r + n);
+				ferry_ring_spsc_commit(r, 0);
+			}
+		}
+		free(r);
+	}
+}
+
+/* ---- two sides at once ---- */
+
+/* Stamped records: length a function of the sequence number, bytes too. */
+static size_t stamp_len(uint64_t seq, size_t max)
+{
+	uint64_t h = seq * 0x9e3779b97f4a7c15ull;
+	h ^= h >> 29;
+	if ((h & 255) == 0)
+		return max - (size_t)(h >> 40) % 8; /* just under max_record */
+	if ((h & 7) == 0)
+		return 0;
+	return (size_t)(h >> 40) % 120;
+}
+
+static uint32_t csum(const unsigned char *p, size_t n)
+{
+	uint32_t s = 2166136261u;
+	for (size_t i = 0; i < n; i++)
+		s = (s ^ p[i]) * 16777619u;
+	return s;
+}
+
+/* Writes record @seq into @p (len bytes): seq, checksum, then pattern bytes. */
+static void stamp(unsigned char *p, size_t len, uint64_t seq)
+{
+	if (len < 16) {
+		fill_pattern(p, len, seq);
+		return;
+	}
+	fill_pattern(p + 12, len - 12, seq);
+	uint32_t c = csum(p + 12, len - 12);
+	memcpy(p, &seq, 8);
+	memcpy(p + 8, &c, 4);
+}
+
+static bool verify(const unsigned char *p, size_t len, uint64_t seq, size_t max)
+{
+	if (len != stamp_len(seq, max))
+		return false;
+	if (len < 16)
+		return check_pattern(p, len, seq);
+	uint64_t s;
+	uint32_t c;
+	memcpy(&s, p, 8);
+	memcpy(&c, p + 8, 4);
+	return s == seq && c == csum(p + 12, len - 12);
+}
+
+struct side {
+	ferry_ring_spsc *r;
+	uint64_t count;
+	pid_t parent; /* in a child: exit when this parent is gone; 0 otherwise */
+	int err;
+};
+
+/* Waits a little; false once the deadline passed or the parent died. */
+static bool backoff(const struct side *s, unsigned *spins, int64_t deadline)
+{
+	if (++*spins < 64) {
+#if defined(__x86_64__)
+		__builtin_ia32_pause();
+#endif
+		return true;
+	}
+	sched_yield();
+	if (*spins % 1024)
+		return true;
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	if ((int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec > deadline)
+		return false;
+	return !s->parent || getppid() == s->parent;
+}
+
+static int64_t deadline_in(int sec)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ((int64_t)ts.tv_sec + sec) * 1000000000 + ts.tv_nsec;
+}
+
+/* On any failure a side closes the ring, so the other side stops too. */
+static int fail_side(struct side *s, int err)
+{
+	ferry_ring_spsc_close(s->r);
+	return s->err = err;
+}
+
+static int produce(void *arg)
+{
+	struct side *s = arg;
+	size_t max = ferry_ring_spsc_max_record(s->r);
+	int64_t deadline = deadline_in(25);
+	for (uint64_t seq = 0; seq < s->count; seq++) {
+		size_t len = stamp_len(seq, max);
+		size_t ask = len + (seq % 3 == 0 ? (max - len) / 2 : 0);
+		void *w;
+		unsigned spins = 0;
+		int rc;
+		while ((rc = ferry_ring_spsc_reserve(s->r, ask, &w)) == -EAGAIN)
+			if (!backoff(s, &spins, deadline))
+				return fail_side(s, 12);
+		if (rc)
+			return fail_side(s, 10);
+		stamp(w, len, seq);
+		if (ferry_ring_spsc_commit(s->r, len))
+			return fail_side(s, 11);
+	}
+	ferry_ring_spsc_close(s->r);
+	return 0;
+}
+
+static int consume(void *arg)
+{
+	struct side *s = arg;
+	size_t max = ferry_ring_spsc_max_record(s->r);
+	int64_t deadline = deadline_in(25);
+	uint64_t seq = 0;
+	for (;;) {
+		const void *p;
+		size_t len;
+		unsigned spins = 0;
+		int rc;
+		while ((rc = ferry_ring_spsc_peek(s->r, &p, &len)) == -EAGAIN)
+			if (!backoff(s, &spins, deadline))
+				return fail_side(s, 23);
+		if (rc == -EPIPE)
+			break;
+		if (rc)
+			return fail_side(s, 20);
+		if (!verify(p, len, seq, max))
+			return fail_side(s, 21);
+		ferry_ring_spsc_release(s->r);
+		seq++;
+	}
+	if (seq != s->count)
+		return fail_side(s, 22);
+	return 0;
+}
+
+static void *produce_thread(void *arg)
+{
+	produce(arg);
+	return NULL;
+}
+
+#define MILLION (SLOW_SANITIZER ? 200000u : 1000000u)
+
+Test(ring_spsc, threads_pass_a_million_stamped_records)
+{
+	ferry_ring_spsc *r = mk(16 * 1024, NULL);
+	struct side prod = { r, MILLION, 0, 0 }, cons = { r, MILLION, 0, 0 };
+	pthread_t t;
+	cr_assert_eq(pthread_create(&t, NULL, produce_thread, &prod), 0);
+	consume(&cons);
+	pthread_join(t, NULL);
+	cr_expect_eq(prod.err, 0);
+	cr_expect_eq(cons.err, 0, "consumer error %d", cons.err);
+	free(r);
+}
+
+Test(ring_spsc, processes_pass_a_million_stamped_records)
+{
+	size_t n = ferry_ring_spsc_memsize(16 * 1024);
+	ferry_ring_spsc *r = tu_shared_alloc(n);
+	cr_assert_eq(ferry_ring_spsc_init(r, n), 0);
+	/* producer in the child, consumer here; the child's copy watches its parent */
+	struct side prod = { r, MILLION, getpid(), 0 }, cons = { r, MILLION, 0, 0 };
+	pid_t pid = tu_fork(produce, &prod);
+	consume(&cons);
+	int st = tu_wait(pid, 40000);
+	cr_expect(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "producer status 0x%x", st);
+	cr_expect_eq(cons.err, 0, "consumer error %d", cons.err);
+
+	/* and the other way round, shorter */
+	cr_assert_eq(ferry_ring_spsc_init(r, n), 0);
+	cons = (struct side){ r, MILLION / 5, getpid(), 0 };
+	prod = (struct side){ r, MILLION / 5, 0, 0 };
+	pid = tu_fork(consume, &cons);
+	produce(&prod);
+	st = tu_wait(pid, 40000);
+	cr_expect_eq(prod.err, 0);
+	cr_expect(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "consumer status 0x%x", st);
+	tu_shared_free(r, n);
+}

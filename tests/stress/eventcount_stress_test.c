@@ -1,0 +1,271 @@
+/*
+ * Eventcount lost-wakeup hunt. Both sides block through eventcounts with
+ * FERRY_FOREVER, with random jitter placed in the race windows (between
+ * prepare and re-check, between making the condition true and notifying), so
+ * notifies land before, between and after the sleeper's steps. A single lost
+ * wake-up hangs a round: the suite timeout (or tu_wait for a child) reports
+ * it. Each scenario runs for a fixed time, ~18 s in all.
+ */
+#include "ferry/atomic.h"
+#include "util/util.h"
+
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define RUN_NS (4500LL * 1000000) /* per scenario */
+#define NCONSUMERS 3
+
+static int64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static uint32_t rnd(uint32_t *s)
+{
+	uint32_t x = *s;
+	x ^= x << 13;
+	x ^= x >> 17;
+	x ^= x << 5;
+	return *s = x;
+}
+
+/* Nothing, a few pauses, or (rarely) a yield: shifts where the peer lands. */
+static void jitter(uint32_t *s)
+{
+	uint32_t r = rnd(s);
+	if ((r & 0xff) == 0) {
+		sched_yield();
+		return;
+	}
+	for (uint32_t i = (r >> 8) & 63; i > 0; i--) {
+#if defined(__x86_64__) || defined(__i386__)
+		__builtin_ia32_pause();
+#else
+		__asm__ __volatile__("" ::: "memory");
+#endif
+	}
+}
+
+/* Block until *@word == @want or *@stop, by the eventcount protocol. */
+static void await_eq(struct ferry_ec *ec, uint32_t *word, uint32_t want, uint32_t *stop,
+		     uint32_t *rng)
+{
+	for (;;) {
+		/* acquire: pairs with the release stores that make it true */
+		if (__atomic_load_n(word, __ATOMIC_ACQUIRE) == want ||
+		    __atomic_load_n(stop, __ATOMIC_ACQUIRE))
+			return;
+		uint32_t key = ferry_ec_prepare(ec);
+		jitter(rng);
+		if (__atomic_load_n(word, __ATOMIC_ACQUIRE) == want ||
+		    __atomic_load_n(stop, __ATOMIC_ACQUIRE)) {
+			ferry_ec_cancel(ec);
+			return;
+		}
+		ferry_ec_wait(ec, key, FERRY_FOREVER);
+	}
+}
+
+enum backend { THREADS, PROCESSES };
+
+struct runner {
+	enum backend be;
+	pthread_t th;
+	pid_t pid;
+	int (*fn)(void *);
+	void *arg;
+};
+
+static void *runner_main(void *p)
+{
+	struct runner *r = p;
+	r->fn(r->arg);
+	return NULL;
+}
+
+static void start(struct runner *r, enum backend be, int (*fn)(void *), void *arg)
+{
+	r->be = be;
+	r->fn = fn;
+	r->arg = arg;
+	if (be == THREADS)
+		cr_assert_eq(pthread_create(&r->th, NULL, runner_main, r), 0);
+	else
+		r->pid = tu_fork(fn, arg);
+}
+
+static void finish(struct runner *r)
+{
+	if (r->be == THREADS) {
+		cr_assert_eq(pthread_join(r->th, NULL), 0);
+		return;
+	}
+	int st = tu_wait(r->pid, 40000);
+	cr_assert_neq(st, -1, "child %d hung (lost wake-up?) and was killed", (int)r->pid);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child status %#x", st);
+}
+
+TestSuite(eventcount_stress, .timeout = 60);
+
+/* ---- ping-pong through a one-slot mailbox, both sides blocking ---- */
+
+struct pingpong {
+	struct ferry_ec full, empty;
+	uint32_t slot; /* atomic: 0 empty, 1 full */
+	uint32_t stop; /* atomic */
+	uint64_t rounds;
+};
+
+static int pong(void *p)
+{
+	struct pingpong *pp = p;
+	uint32_t rng = 0x9e3779b9u ^ (uint32_t)gettid();
+	for (;;) {
+		await_eq(&pp->full, &pp->slot, 1, &pp->stop, &rng);
+		if (__atomic_load_n(&pp->stop, __ATOMIC_ACQUIRE))
+			return 0;
+		/* release: pairs with the acquire loads in await_eq of ping */
+		__atomic_store_n(&pp->slot, 0, __ATOMIC_RELEASE);
+		jitter(&rng);
+		ferry_ec_notify(&pp->empty);
+	}
+}
+
+static void pingpong(enum backend be)
+{
+	struct pingpong *pp = tu_shared_alloc(sizeof *pp);
+	ferry_ec_init(&pp->full);
+	ferry_ec_init(&pp->empty);
+	struct runner r;
+	start(&r, be, pong, pp);
+	uint32_t rng = 0x2545f491u;
+	uint32_t never = 0;
+	int64_t end = now_ns() + RUN_NS;
+	uint64_t rounds = 0;
+	while (now_ns() < end) {
+		await_eq(&pp->empty, &pp->slot, 0, &never, &rng);
+		/* release: pairs with the acquire loads in await_eq of pong */
+		__atomic_store_n(&pp->slot, 1, __ATOMIC_RELEASE);
+		jitter(&rng);
+		ferry_ec_notify(&pp->full);
+		rounds++;
+	}
+	/* release: pairs with the acquire loads of stop in pong */
+	__atomic_store_n(&pp->stop, 1, __ATOMIC_RELEASE);
+	ferry_ec_notify(&pp->full);
+	finish(&r);
+	cr_expect_gt(rounds, 0);
+	cr_log_info("pingpong (%s): %llu rounds", be == THREADS ? "threads" : "processes",
+		    (unsigned long long)rounds);
+	tu_shared_free(pp, sizeof *pp);
+}
+
+Test(eventcount_stress, pingpong_threads)
+{
+	pingpong(THREADS);
+}
+
+Test(eventcount_stress, pingpong_processes)
+{
+	pingpong(PROCESSES);
+}
+
+/* ---- broadcast: one producer, several sleepers on one eventcount ---- */
+
+struct broadcast {
+	struct ferry_ec epoch_ec, ack_ec;
+	uint32_t epoch; /* atomic */
+	uint32_t acks;  /* atomic: consumers that saw the current epoch */
+	uint32_t stop;  /* atomic */
+	uint32_t errors;
+};
+
+/* Blocks until epoch != @seen (not expressible as await_eq). */
+static uint32_t await_new_epoch(struct broadcast *b, uint32_t seen, uint32_t *rng)
+{
+	for (;;) {
+		/* acquire: pairs with the release store of epoch in broadcast() */
+		uint32_t e = __atomic_load_n(&b->epoch, __ATOMIC_ACQUIRE);
+		if (e != seen || __atomic_load_n(&b->stop, __ATOMIC_ACQUIRE))
+			return e;
+		uint32_t key = ferry_ec_prepare(&b->epoch_ec);
+		jitter(rng);
+		e = __atomic_load_n(&b->epoch, __ATOMIC_ACQUIRE);
+		if (e != seen || __atomic_load_n(&b->stop, __ATOMIC_ACQUIRE)) {
+			ferry_ec_cancel(&b->epoch_ec);
+			return e;
+		}
+		ferry_ec_wait(&b->epoch_ec, key, FERRY_FOREVER);
+	}
+}
+
+static int listener(void *p)
+{
+	struct broadcast *b = p;
+	uint32_t rng = 0x85ebca6bu ^ (uint32_t)gettid();
+	uint32_t seen = 0;
+	for (;;) {
+		uint32_t e = await_new_epoch(b, seen, &rng);
+		if (__atomic_load_n(&b->stop, __ATOMIC_ACQUIRE))
+			return 0;
+		if (e != seen + 1)
+			__atomic_fetch_add(&b->errors, 1, __ATOMIC_RELAXED);
+		seen = e;
+		/* release: pairs with the acquire load of acks in broadcast() */
+		__atomic_fetch_add(&b->acks, 1, __ATOMIC_RELEASE);
+		jitter(&rng);
+		ferry_ec_notify(&b->ack_ec);
+	}
+}
+
+static void broadcast(enum backend be)
+{
+	struct broadcast *b = tu_shared_alloc(sizeof *b);
+	ferry_ec_init(&b->epoch_ec);
+	ferry_ec_init(&b->ack_ec);
+	struct runner r[NCONSUMERS];
+	for (int i = 0; i < NCONSUMERS; i++)
+		start(&r[i], be, listener, b);
+	uint32_t rng = 0xc2b2ae35u;
+	uint32_t never = 0;
+	int64_t end = now_ns() + RUN_NS;
+	uint32_t epoch = 0;
+	while (now_ns() < end) {
+		/* relaxed: nobody reads acks until the epoch store below releases it */
+		__atomic_store_n(&b->acks, 0, __ATOMIC_RELAXED);
+		/* release: pairs with the acquire loads in await_new_epoch */
+		__atomic_store_n(&b->epoch, ++epoch, __ATOMIC_RELEASE);
+		jitter(&rng);
+		ferry_ec_notify(&b->epoch_ec);
+		await_eq(&b->ack_ec, &b->acks, NCONSUMERS, &never, &rng);
+	}
+	/* release: pairs with the acquire loads of stop in the listeners */
+	__atomic_store_n(&b->stop, 1, __ATOMIC_RELEASE);
+	ferry_ec_notify(&b->epoch_ec);
+	for (int i = 0; i < NCONSUMERS; i++)
+		finish(&r[i]);
+	cr_expect_eq(__atomic_load_n(&b->errors, __ATOMIC_RELAXED), 0,
+		     "a listener skipped an epoch");
+	cr_expect_gt(epoch, 0);
+	cr_log_info("broadcast (%s): %u epochs to %d sleepers",
+		    be == THREADS ? "threads" : "processes", epoch, NCONSUMERS);
+	tu_shared_free(b, sizeof *b);
+}
+
+Test(eventcount_stress, broadcast_threads)
+{
+	broadcast(THREADS);
+}
+
+Test(eventcount_stress, broadcast_processes)
+{
+	broadcast(PROCESSES);
+}
