@@ -5,7 +5,9 @@
 #include "ferry/common.h"
 #include "ferry/seg.h"
 #include "ferry/atomic.h"
+#include "ferry/buf.h"
 #include "ferry/ring.h"
+#include "ferry/value.h"
 #include "ferry/port.h"
 #include "ferry/worker.h"
 

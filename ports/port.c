@@ -23,33 +23,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define DEFAULT_SPIN_NS (20 * 1000)
 #define HDR_BYTES 4096u
 
-struct ferry_port {
-	struct ferry_port *next, *prev; /* the process's registry of live ports */
-	ferry_seg *seg;
-	struct chan_hdr *hdr;
-	ferry_ring_spsc *tx, *rx;
-	struct chan_dir *txd, *rxd; /* eventcounts of the tx and rx directions */
-	int sock;                   /* our end of the control socket pair */
-	int side;
-	/* Both may be read by the posting and the receiving thread at once and
-	 * set by either (or by a closing thread): relaxed atomics suffice, as
-	 * the rings' own closed words carry the ordering. */
-	atomic_int closed;          /* ferry_port_close was called here */
-	atomic_int peer_gone;       /* the peer process hung up */
-	enum ferry_wait_mode mode;
-	int64_t spin_ns;
-	size_t max_msg;
-};
-
-struct ferry_msg {
-	size_t len;
-	alignas(16) unsigned char data[];
-};
 
 /*
  * Every live port of the process, so that a forked worker can drop the
@@ -108,16 +87,21 @@ void ferry__port_keep_only(ferry_port *keep)
 	pthread_mutex_unlock(&registry_lock);
 }
 
-static int port_open(ferry_port **out, ferry_seg *seg, int side, int sock)
+/* Open side @side of the channel in @seg, whose layout is @h: a private,
+ * validated snapshot (never offsets re-read from shared memory). */
+static int port_open(ferry_port **out, ferry_seg *seg, const struct chan_hdr *h, int side, int sock)
 {
 	ferry_port *p = calloc(1, sizeof *p);
 	if (!p)
 		return ferry__fail(-ENOMEM, "ferry_channel: out of memory for a port");
+	struct stat st;
+	if (fstat(ferry_seg_fd(seg), &st) == 0)
+		p->chan_id = ((uint64_t)st.st_dev << 32) ^ (uint64_t)st.st_ino;
 	p->seg = seg;
 	p->hdr = ferry_seg_data(seg);
 	char *base = (char *)p->hdr;
-	p->tx = (ferry_ring_spsc *)(base + p->hdr->ring_off[side]);
-	p->rx = (ferry_ring_spsc *)(base + p->hdr->ring_off[!side]);
+	p->tx = (ferry_ring_spsc *)(base + h->ring_off[side]);
+	p->rx = (ferry_ring_spsc *)(base + h->ring_off[!side]);
 	p->txd = &p->hdr->dir[side];
 	p->rxd = &p->hdr->dir[!side];
 	p->sock = sock;
@@ -125,9 +109,77 @@ static int port_open(ferry_port **out, ferry_seg *seg, int side, int sock)
 	p->mode = FERRY_WAIT_ADAPTIVE;
 	p->spin_ns = DEFAULT_SPIN_NS;
 	p->max_msg = ferry_ring_spsc_max_record(p->tx) - sizeof(struct wire_hdr);
+	p->max_message = FERRY_MESSAGE_MAX_DEFAULT;
 	registry_add(p);
 	*out = p;
 	return 0;
+}
+
+int ferry__port_open(ferry_port **out, ferry_seg *seg, int side, int sock)
+{
+	struct chan_hdr h;
+	memcpy(&h, ferry_seg_data(seg), sizeof h);
+	return port_open(out, seg, &h, side, sock);
+}
+
+int ferry__port_import(ferry_port **out, int seg_fd, int sock, uint32_t side)
+{
+	*out = NULL;
+	int type = 0, domain = 0;
+	socklen_t tl = sizeof type, dl = sizeof domain;
+	if (getsockopt(sock, SOL_SOCKET, SO_TYPE, &type, &tl) < 0 ||
+	    getsockopt(sock, SOL_SOCKET, SO_DOMAIN, &domain, &dl) < 0 ||
+	    type != SOCK_SEQPACKET || domain != AF_UNIX) {
+		close(sock);
+		close(seg_fd);
+		return ferry__fail(-EBADMSG, "ferry_port_recv: a transferred port's control fd is not a unix seqpacket socket");
+	}
+	size_t min_ring = ferry_ring_spsc_memsize(FERRY_RING_SPSC_MIN_CAP);
+	ferry_seg *seg;
+	int rc = ferry_seg_import(&seg, seg_fd, HDR_BYTES + 2 * min_ring);
+	if (rc) {
+		close(sock);
+		return rc;
+	}
+	struct chan_hdr h;
+	memcpy(&h, ferry_seg_data(seg), sizeof h);
+	size_t size = ferry_seg_size(seg);
+	const char *why = NULL;
+	if (h.magic != FERRY_CHAN_MAGIC)
+		why = "bad magic";
+	else if (h.version != FERRY_CHAN_VERSION)
+		why = "another layout version";
+	else if (h.seg_size != size)
+		why = "size differs from the segment";
+	for (int d = 0; d < 2 && !why; d++) {
+		if (h.ring_off[d] < HDR_BYTES || (h.ring_off[d] & 63) || h.ring_size[d] < min_ring ||
+		    h.ring_off[d] > size || h.ring_size[d] > size - h.ring_off[d])
+			why = "ring offsets outside the segment";
+		else if (ferry_ring_spsc_check((ferry_ring_spsc *)((char *)ferry_seg_data(seg) + h.ring_off[d]),
+					      h.ring_size[d]))
+			why = "corrupt ring";
+	}
+	if (!why && h.ring_off[0] < h.ring_off[1] + h.ring_size[1] &&
+	    h.ring_off[1] < h.ring_off[0] + h.ring_size[0])
+		why = "rings overlap";
+	if (why) {
+		ferry_seg_unref(seg);
+		close(sock);
+		return ferry__fail(h.magic == FERRY_CHAN_MAGIC && h.version != FERRY_CHAN_VERSION
+				   ? FERRY_EVERSION : -EBADMSG,
+				   "ferry_port_recv: a transferred port's channel is not valid: %s", why);
+	}
+	rc = port_open(out, seg, &h, (int)side, sock);
+	if (rc) {
+		ferry_seg_unref(seg);
+		close(sock);
+	}
+	return rc;
+}
+
+int ferry__port_same_channel(const ferry_port *a, const ferry_port *b)
+{
+	return a->seg == b->seg || (a->chan_id && a->chan_id == b->chan_id);
 }
 
 FERRY_API int ferry_channel(ferry_port **a, ferry_port **b, const struct ferry_channel_opts *opts)
@@ -172,9 +224,13 @@ FERRY_API int ferry_channel(ferry_port **a, ferry_port **b, const struct ferry_c
 		ferry_seg_unref(seg);
 		return rc;
 	}
-	rc = port_open(a, seg, 0, sv[0]);
+	size_t max_message = opts && opts->max_message ? opts->max_message : FERRY_MESSAGE_MAX_DEFAULT;
+	rc = ferry__port_open(a, seg, 0, sv[0]);
 	if (rc == 0) {
-		rc = port_open(b, ferry_seg_ref(seg), 1, sv[1]);
+		(*a)->max_message = max_message;
+		rc = ferry__port_open(b, ferry_seg_ref(seg), 1, sv[1]);
+		if (rc == 0)
+			(*b)->max_message = max_message;
 		if (rc) {
 			ferry_seg_unref(seg);
 			registry_del(*a);
@@ -188,16 +244,6 @@ FERRY_API int ferry_channel(ferry_port **a, ferry_port **b, const struct ferry_c
 		ferry_seg_unref(seg);
 	}
 	return rc;
-}
-
-static inline int is_closed(ferry_port *p)
-{
-	return atomic_load_explicit(&p->closed, memory_order_relaxed);
-}
-
-static inline int is_gone(ferry_port *p)
-{
-	return atomic_load_explicit(&p->peer_gone, memory_order_relaxed);
 }
 
 /* Has the peer's end of the control socket hung up? Sticky once seen. */
@@ -219,7 +265,7 @@ static int peer_hung_up(ferry_port *p)
  * may succeed. Returns the attempt's result, -EAGAIN (timeout 0), -ETIMEDOUT,
  * or -EPIPE when the peer is gone and a last attempt still finds nothing.
  */
-static int wait_until(ferry_port *p, struct ferry_ec *ec, int (*attempt)(ferry_port *, void *),
+int ferry__port_wait(ferry_port *p, struct ferry_ec *ec, int (*attempt)(ferry_port *, void *),
 		      void *arg, int64_t timeout_ns)
 {
 	int rc = attempt(p, arg);
@@ -285,7 +331,7 @@ static int try_reserve(ferry_port *p, void *arg)
 {
 	struct post_arg *a = arg;
 	/* A peer known to be gone will never read what we post. */
-	if (is_closed(p) || is_gone(p))
+	if (ferry__port_closed(p) || ferry__port_gone(p))
 		return -EPIPE;
 	return ferry_ring_spsc_reserve(p->tx, a->len, &a->where);
 }
@@ -296,16 +342,18 @@ FERRY_API int ferry_port_post_bytes(ferry_port *p, const void *data, size_t len,
 		return ferry__fail(-EINVAL, "ferry_port_post_bytes: port is NULL");
 	if (!data && len)
 		return ferry__fail(-EINVAL, "ferry_port_post_bytes: data is NULL with len %zu", len);
+	if (p->detached)
+		return ferry__fail(FERRY_EDETACHED, "ferry_port_post_bytes: the port was transferred away");
 	if (len > p->max_msg)
 		return ferry__fail(-EMSGSIZE,
 				   "ferry_port_post_bytes: %zu bytes exceed this port's largest message (%zu)",
 				   len, p->max_msg);
 	struct post_arg a = { .len = sizeof(struct wire_hdr) + len };
-	int rc = wait_until(p, &p->txd->space_ec, try_reserve, &a, timeout_ns);
+	int rc = ferry__port_wait(p, &p->txd->space_ec, try_reserve, &a, timeout_ns);
 	if (rc) {
 		if (rc == -EPIPE)
 			return ferry__fail(rc, "ferry_port_post_bytes: the channel is closed%s",
-					   is_gone(p) ? " (peer process gone)" : "");
+					   ferry__port_gone(p) ? " (peer process gone)" : "");
 		if (rc == -EAGAIN || rc == -ETIMEDOUT)
 			return ferry__fail(rc, "ferry_port_post_bytes: ring full%s",
 					   rc == -ETIMEDOUT ? " until the timeout" : "");
@@ -322,7 +370,7 @@ FERRY_API int ferry_port_post_bytes(ferry_port *p, const void *data, size_t len,
 
 static int try_peek(ferry_port *p, void *arg)
 {
-	if (is_closed(p))
+	if (ferry__port_closed(p))
 		return -EPIPE;
 	const void **rec = arg;
 	size_t len;
@@ -332,19 +380,38 @@ static int try_peek(ferry_port *p, void *arg)
 	return rc;
 }
 
+static void consume(ferry_port *p)
+{
+	ferry_ring_spsc_release(p->rx);
+	ferry_ec_notify(&p->rxd->space_ec);
+}
+
 FERRY_API int ferry_port_recv(ferry_port *p, ferry_msg **msg, int64_t timeout_ns)
 {
 	if (msg)
 		*msg = NULL;
 	if (!p || !msg)
 		return ferry__fail(-EINVAL, "ferry_port_recv: %s is NULL", !p ? "port" : "msg");
-	const void *rec[2];
-	int rc = wait_until(p, &p->rxd->data_ec, try_peek, rec, timeout_ns);
-	if (rc) {
+	if (p->detached)
+		return ferry__fail(FERRY_EDETACHED, "ferry_port_recv: the port was transferred away");
+	int64_t deadline = timeout_ns > 0 ? ferry__now_ns() + timeout_ns : 0;
+	for (;;) {
+		int64_t left = timeout_ns;
+		if (timeout_ns > 0) {
+			left = deadline - ferry__now_ns();
+			if (left <= 0)
+				left = 0;
+		}
+		const void *rec[2];
+		int rc = ferry__port_wait(p, &p->rxd->data_ec, try_peek, rec, left);
+		if (rc == -EAGAIN && timeout_ns > 0)
+			rc = -ETIMEDOUT;
 		switch (rc) {
+		case 0:
+			break;
 		case -EPIPE:
-			return ferry__fail(rc, "ferry_port_recv: %s", is_closed(p) ? "this port is closed"
-					   : is_gone(p) ? "the peer process is gone"
+			return ferry__fail(rc, "ferry_port_recv: %s", ferry__port_closed(p) ? "this port is closed"
+					   : ferry__port_gone(p) ? "the peer process is gone"
 					   : "the peer closed the channel");
 		case -EAGAIN:
 			return ferry__fail(rc, "ferry_port_recv: no message waiting");
@@ -354,47 +421,53 @@ FERRY_API int ferry_port_recv(ferry_port *p, ferry_msg **msg, int64_t timeout_ns
 			ferry_ring_spsc_close(p->tx);
 			ferry_ec_notify(&p->txd->data_ec);
 			return ferry__fail(rc, "ferry_port_recv: the channel's shared ring is corrupt; channel closed");
+		default:
+			return rc;
 		}
-		return rc;
+		size_t len = (size_t)(uintptr_t)rec[1];
+		struct wire_hdr wh;
+		if (len < sizeof wh) {
+			consume(p);
+			return ferry__fail(-EBADMSG, "ferry_port_recv: record of %zu bytes is shorter than its header", len);
+		}
+		/* One read of the header: the peer may rewrite shared memory at will. */
+		memcpy(&wh, rec[0], sizeof wh);
+		const unsigned char *body = (const unsigned char *)rec[0] + sizeof wh;
+		len -= sizeof wh;
+		switch (wh.kind) {
+		case WIRE_VOID:
+			consume(p);
+			continue;
+		case WIRE_CLONE:
+			rc = ferry__msg_decode(p, body, len, msg);
+			consume(p);
+			return rc;
+		case WIRE_RAW:
+			break;
+		default:
+			consume(p);
+			return ferry__fail(-EBADMSG, "ferry_port_recv: unknown record kind %u", wh.kind);
+		}
+		ferry_msg *m = malloc(sizeof *m + len);
+		if (!m)
+			return ferry__fail(-ENOMEM, "ferry_port_recv: out of memory for a %zu-byte message", len);
+		memset(m, 0, sizeof *m);
+		m->len = len;
+		memcpy(m->data, body, len);
+		consume(p);
+		*msg = m;
+		return 0;
 	}
-	size_t len = (size_t)(uintptr_t)rec[1];
-	struct wire_hdr wh;
-	if (len < sizeof wh) {
-		ferry_ring_spsc_release(p->rx);
-		ferry_ec_notify(&p->rxd->space_ec);
-		return ferry__fail(-EBADMSG, "ferry_port_recv: record of %zu bytes is shorter than its header", len);
-	}
-	memcpy(&wh, rec[0], sizeof wh);
-	if (wh.kind != WIRE_RAW) {
-		ferry_ring_spsc_release(p->rx);
-		ferry_ec_notify(&p->rxd->space_ec);
-		return ferry__fail(-EBADMSG, "ferry_port_recv: unknown record kind %u", wh.kind);
-	}
-	len -= sizeof wh;
-	ferry_msg *m = malloc(sizeof *m + len);
-	if (!m)
-		return ferry__fail(-ENOMEM, "ferry_port_recv: out of memory for a %zu-byte message", len);
-	m->len = len;
-	memcpy(m->data, (const char *)rec[0] + sizeof wh, len);
-	ferry_ring_spsc_release(p->rx);
-	ferry_ec_notify(&p->rxd->space_ec);
-	*msg = m;
-	return 0;
 }
 
 FERRY_API const void *ferry_msg_data(const ferry_msg *m)
 {
-	return m ? m->data : NULL;
+	return m && !m->value ? m->data : NULL;
 }
 
 FERRY_API size_t ferry_msg_len(const ferry_msg *m)
 {
-	return m ? m->len : 0;
-}
-
-FERRY_API void ferry_msg_free(ferry_msg *m)
-{
-	free(m);
+	return m && !m->value ? m->len : 0;
 }
 
 FERRY_API int ferry_port_set_wait(ferry_port *p, enum ferry_wait_mode mode, int64_t spin_ns)
@@ -413,7 +486,7 @@ FERRY_API int ferry_port_set_wait(ferry_port *p, enum ferry_wait_mode mode, int6
 
 FERRY_API void ferry_port_close(ferry_port *p)
 {
-	if (!p || atomic_exchange_explicit(&p->closed, 1, memory_order_relaxed))
+	if (!p || p->detached || atomic_exchange_explicit(&p->closed, 1, memory_order_relaxed))
 		return;
 	/* Our tx ring: the peer drains it, then reads -EPIPE. Our rx ring: the
 	 * peer's next reserve fails at once. Wake whoever sleeps on either. */
@@ -432,17 +505,31 @@ FERRY_API void ferry_port_destroy(ferry_port *p)
 {
 	if (!p)
 		return;
-	ferry_port_close(p);
-	registry_del(p);
-	if (p->sock >= 0)
-		close(p->sock);
-	ferry_seg_unref(p->seg);
+	if (!p->detached) {
+		ferry_port_close(p);
+		ferry__port_detach(p);
+	}
 	free(p);
 }
 
 FERRY_API size_t ferry_port_max_message(const ferry_port *p)
 {
-	return p ? p->max_msg : 0;
+	return p && !p->detached ? p->max_msg : 0;
+}
+
+void ferry__port_detach(ferry_port *p)
+{
+	if (p->detached)
+		return;
+	registry_del(p);
+	if (p->sock >= 0)
+		close(p->sock);
+	p->sock = -1;
+	ferry_seg_unref(p->seg);
+	p->seg = NULL;
+	free(p->scratch);
+	p->scratch = NULL;
+	p->detached = 1;
 }
 
 void ferry__port_forget(ferry_port *p)
@@ -453,6 +540,7 @@ void ferry__port_forget(ferry_port *p)
 	if (p->sock >= 0)
 		close(p->sock);
 	ferry_seg_unref(p->seg);
+	free(p->scratch);
 	free(p);
 }
 

@@ -8,6 +8,8 @@
 #include "ferry/seg.h"
 
 #include <stdalign.h>
+#include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #define FERRY_CHAN_MAGIC 0x6672796368616e31ull /* "frychan1" */
@@ -22,6 +24,10 @@
 struct chan_dir {
 	alignas(64) struct ferry_ec data_ec; /* "a record was committed" */
 	struct ferry_ec space_ec;            /* "a record was released" */
+	/* Sequence of the fd batches the producer sent on the control socket.
+	 * Here, not in the port, so that a port that moves to another process
+	 * goes on counting where its previous owner stopped. Producer-owned. */
+	_Atomic uint64_t fd_seq;
 };
 
 struct chan_hdr {
@@ -41,8 +47,88 @@ struct wire_hdr {
 };
 
 enum wire_kind {
-	WIRE_RAW = 1, /* plain bytes */
+	WIRE_RAW = 1,   /* plain bytes */
+	WIRE_VOID = 2,  /* an abandoned reservation: skipped by the receiver */
+	WIRE_CLONE = 3, /* a structured clone (see ports/msg.c) */
 };
+
+/* One end of a channel, private to the process that holds it. */
+struct ferry_port {
+	struct ferry_port *next, *prev; /* the process's registry of live ports */
+	ferry_seg *seg;
+	struct chan_hdr *hdr;
+	ferry_ring_spsc *tx, *rx;
+	struct chan_dir *txd, *rxd; /* eventcounts of the tx and rx directions */
+	int sock;                   /* our end of the control socket pair */
+	int side;
+	/* Both may be read by the posting and the receiving thread at once and
+	 * set by either (or by a closing thread): relaxed atomics suffice, as
+	 * the rings' own closed words carry the ordering. */
+	atomic_int closed;          /* ferry_port_close was called here */
+	atomic_int peer_gone;       /* the peer process hung up */
+	enum ferry_wait_mode mode;
+	int64_t spin_ns;
+	size_t max_msg;             /* largest raw record payload the ring takes */
+	size_t max_message;         /* largest message, spilled or not */
+	uint64_t chan_id;           /* the segment's inode: same channel across processes */
+	unsigned char *scratch;     /* clone encoding space of the sender (msg.c) */
+	int detached;               /* transferred away: only destroy is valid */
+	uint64_t fd_seq;            /* sequence of fd batches sent (sender side) */
+	uint64_t fd_seq_rx;         /* and expected (receiver side) */
+};
+
+/* A received message: raw bytes, or a decoded value with its handles. */
+struct msg_handle {
+	int kind;     /* FERRY_VALUE_BUF, _SHARED or _PORT */
+	void *handle; /* ferry_buf * or ferry_port * */
+	int kept;     /* taken by the receiver: not freed with the message */
+};
+
+struct ferry_msg {
+	size_t len;
+	struct ferry_value *value;  /* NULL for raw bytes */
+	struct msg_handle *handles;
+	size_t nhandles;
+	alignas(16) unsigned char data[];
+};
+
+static inline int ferry__port_closed(ferry_port *p)
+{
+	return atomic_load_explicit(&p->closed, memory_order_relaxed);
+}
+
+static inline int ferry__port_gone(ferry_port *p)
+{
+	return atomic_load_explicit(&p->peer_gone, memory_order_relaxed);
+}
+
+/*
+ * Wait until @attempt(p, arg) stops returning -EAGAIN, following the port's
+ * wait mode; @ec is the eventcount the other side notifies when the attempt
+ * may succeed. Returns the attempt's result, -EAGAIN (timeout 0), -ETIMEDOUT,
+ * or -EPIPE when the peer is gone and a last attempt still finds nothing.
+ */
+int ferry__port_wait(ferry_port *p, struct ferry_ec *ec, int (*attempt)(ferry_port *, void *),
+		     void *arg, int64_t timeout_ns);
+
+/* Open a port on side @side of the channel in @seg (taking the reference)
+ * with control socket @sock. */
+int ferry__port_open(ferry_port **out, ferry_seg *seg, int side, int sock);
+
+/* Detach @p: it was transferred; drop this process's copy (no close). */
+void ferry__port_detach(ferry_port *p);
+
+/* Open the port a peer transferred: side @side of the channel whose segment
+ * is @seg_fd, with control socket @sock. Validates the layout before use.
+ * Consumes both fds either way. */
+int ferry__port_import(ferry_port **out, int seg_fd, int sock, uint32_t side);
+
+/* Two ports are ends of the same channel (works across processes). */
+int ferry__port_same_channel(const ferry_port *a, const ferry_port *b);
+
+/* Build *@msg from the body of a WIRE_CLONE record (@len bytes at @body,
+ * still in the ring: read it once, validate everything). */
+int ferry__msg_decode(ferry_port *p, const unsigned char *body, size_t len, ferry_msg **msg);
 
 /* Drop this process's copy of @port without closing the channel: used after
  * fork on the port that belongs to the other process. */

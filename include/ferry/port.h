@@ -45,8 +45,13 @@ enum ferry_wait_mode {
 /* Default ring size each way, and its bounds. */
 #define FERRY_CHANNEL_RING_DEFAULT ((size_t)256 * 1024)
 
+/* The default largest message (a clone, spilled to its own segment when it
+ * is larger than the ring takes). */
+#define FERRY_MESSAGE_MAX_DEFAULT ((size_t)1 << 30)
+
 struct ferry_channel_opts {
-	size_t ring_bytes; /* each direction; a power of two; 0 = default */
+	size_t ring_bytes;  /* each direction; a power of two; 0 = default */
+	size_t max_message; /* largest clone either port accepts; 0 = default (1 GiB) */
 };
 
 /*
@@ -81,7 +86,60 @@ FERRY_API int ferry_port_post_bytes(ferry_port *port, const void *data, size_t l
  */
 FERRY_API int ferry_port_recv(ferry_port *port, ferry_msg **msg, int64_t timeout_ns);
 
-/* The message's bytes and length; valid until ferry_msg_free. */
+/* What a message transfers (Node's transferList): buffers and ports that
+ * move with it. Every port the value references must be listed; a listed
+ * buffer or port the value does not reference still moves. */
+struct ferry_xfer {
+	struct ferry_buf *const *bufs;
+	size_t nbufs;
+	ferry_port *const *ports;
+	size_t nports;
+};
+
+/* Most buffers and ports (handles) one message carries. */
+#define FERRY_MSG_MAX_HANDLES 1024
+
+/*
+ * ferry_port_post - send the structured clone of @v (postMessage).
+ * Buffers the value references are cloned, unless listed in @xfer: then they
+ * move (detached here, the same pages there). Shared buffers are shared.
+ * Ports must be listed in @xfer and move, with the messages queued for them.
+ * All or nothing: the transfer list is checked and the value serialised
+ * before anything is detached; on any error every handle is as it was.
+ * Ownership: @v stays the caller's. On success the listed handles are
+ *   detached (free them with ferry_buf_free / ferry_port_destroy as usual).
+ * Blocking: up to @timeout_ns while the ring is full.
+ * Returns: 0, -EINVAL (NULL port or value; a NULL, duplicate, shared or
+ *   self/peer entry in @xfer; a port the value references but @xfer does not
+ *   list; a buffer referenced with the wrong kind), FERRY_EDETACHED (this
+ *   port, or a listed or referenced handle, was transferred away), -EPIPE
+ *   (closed, or a listed port is closed), FERRY_ENOTCLONEABLE, -EMSGSIZE
+ *   (above the channel's max_message), -EAGAIN, -ETIMEDOUT, -ENOMEM.
+ */
+struct ferry_value;
+FERRY_API int ferry_port_post(ferry_port *port, const struct ferry_value *v,
+			      const struct ferry_xfer *xfer, int64_t timeout_ns);
+
+/*
+ * A received clone: ferry_msg_value is its value (NULL for a message posted
+ * with ferry_port_post_bytes), owned by the message. Buffer and port handles
+ * in it are owned by the message too, and freed with it, unless the receiver
+ * keeps them: ferry_msg_keep(msg, handle) makes one the caller's (to free
+ * with ferry_buf_free / ferry_port_destroy); ferry_msg_take_value makes the
+ * value graph the caller's (ferry_value_free). -ENOENT: not in this message.
+ * ferry_msg_port(msg, i), i < ferry_msg_nports(msg): every port the message
+ * transferred, in transfer order (MessageEvent.ports).
+ * A clone that fails to decode is reported by ferry_port_recv as -EBADMSG
+ * (messageerror) and consumed; the next recv gets the next message.
+ */
+FERRY_API const struct ferry_value *ferry_msg_value(const ferry_msg *msg);
+FERRY_API struct ferry_value *ferry_msg_take_value(ferry_msg *msg);
+FERRY_API int ferry_msg_keep(ferry_msg *msg, const void *handle);
+FERRY_API size_t ferry_msg_nports(const ferry_msg *msg);
+FERRY_API ferry_port *ferry_msg_port(const ferry_msg *msg, size_t i);
+
+/* The message's bytes and length (a raw message; NULL and 0 for a clone);
+ * valid until ferry_msg_free. */
 FERRY_API const void *ferry_msg_data(const ferry_msg *msg);
 FERRY_API size_t ferry_msg_len(const ferry_msg *msg);
 /* ferry_msg_free - free a received message. NULL ok. */

@@ -1,0 +1,1214 @@
+/*
+ * The structured clone codec: value graphs to CBOR and back (see
+ * include/ferry/value.h for the wire format and the decoder's rules).
+ * Hand-written rather than libcbor: one pass each way with no intermediate
+ * item tree, encode straight into the caller's buffer, decode straight into
+ * the graph's arena (docs/PERF.md has the figures).
+ */
+#include "ports/value_internal.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#define TAG_SHAREABLE 28
+#define TAG_SHAREDREF 29
+
+/* CBOR initial bytes used directly. */
+#define IB_FALSE 0xf4
+#define IB_TRUE 0xf5
+#define IB_NULL 0xf6
+#define IB_UNDEFINED 0xf7
+#define IB_FLOAT64 0xfb
+
+enum { MAJ_UINT, MAJ_NINT, MAJ_BYTES, MAJ_TEXT, MAJ_ARRAY, MAJ_MAP, MAJ_TAG, MAJ_SIMPLE };
+
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define HOST_LE 1
+#else
+#define HOST_LE 0
+#endif
+
+/* RFC 8746 tag of each typed view, in host byte order. */
+static const uint8_t typed_tag[] = {
+	[FERRY_TYPED_NONE] = 0,
+	[FERRY_TYPED_U8] = 64,
+	[FERRY_TYPED_U8_CLAMPED] = 68,
+	[FERRY_TYPED_I8] = 72,
+	[FERRY_TYPED_U16] = HOST_LE ? 69 : 65,
+	[FERRY_TYPED_I16] = HOST_LE ? 77 : 73,
+	[FERRY_TYPED_U32] = HOST_LE ? 70 : 66,
+	[FERRY_TYPED_I32] = HOST_LE ? 78 : 74,
+	[FERRY_TYPED_U64] = HOST_LE ? 71 : 67,
+	[FERRY_TYPED_I64] = HOST_LE ? 79 : 75,
+	[FERRY_TYPED_F32] = HOST_LE ? 85 : 81,
+	[FERRY_TYPED_F64] = HOST_LE ? 86 : 82,
+};
+
+static inline uint32_t handle_tag(unsigned kind)
+{
+	return kind == FERRY_VALUE_BUF      ? FERRY_CLONE_TAG_BUF
+	       : kind == FERRY_VALUE_SHARED ? FERRY_CLONE_TAG_SHARED
+					    : FERRY_CLONE_TAG_PORT;
+}
+
+/* ======================================================================
+ * Encode
+ * ====================================================================== */
+
+struct enc {
+	uint8_t *buf;
+	size_t pos, cap; /* pos keeps counting past cap: the size needed */
+	unsigned max_depth, deny;
+	const ferry_value *root;
+	struct fv_ptab shares; /* value -> its shareable index */
+	uintptr_t nshares;
+	struct ferry_clone_handles *h;
+	struct fv_ptab htab;   /* handle -> table index, once the table is long */
+};
+
+/* Handle tables this short are searched linearly. */
+#define HANDLES_LINEAR 8
+
+static inline size_t head_len(uint64_t v)
+{
+	return v < 24 ? 1 : v <= 0xff ? 2 : v <= 0xffff ? 3 : v <= 0xffffffff ? 5 : 9;
+}
+
+static inline void write_head(uint8_t *p, unsigned major, uint64_t v, size_t n)
+{
+	uint8_t mt = (uint8_t)(major << 5);
+	switch (n) {
+	case 1:
+		p[0] = mt | (uint8_t)v;
+		break;
+	case 2:
+		p[0] = mt | 24;
+		p[1] = (uint8_t)v;
+		break;
+	case 3: {
+		uint16_t x = __builtin_bswap16((uint16_t)v);
+		p[0] = mt | 25;
+		memcpy(p + 1, &x, 2);
+		break;
+	}
+	case 5: {
+		uint32_t x = __builtin_bswap32((uint32_t)v);
+		p[0] = mt | 26;
+		memcpy(p + 1, &x, 4);
+		break;
+	}
+	default: {
+		uint64_t x = __builtin_bswap64(v);
+		p[0] = mt | 27;
+		memcpy(p + 1, &x, 8);
+		break;
+	}
+	}
+}
+
+static inline void put_head(struct enc *e, unsigned major, uint64_t v)
+{
+	size_t n = head_len(v);
+	if (FERRY_LIKELY(e->pos + n <= e->cap))
+		write_head(e->buf + e->pos, major, v, n);
+	e->pos += n;
+}
+
+/* memcpy for the short keys and strings of typical messages, without the
+ * cost of a library call. */
+static inline void copy_small(uint8_t *dst, const void *src, size_t n)
+{
+	const uint8_t *s = src;
+	if (n > 16) {
+		memcpy(dst, s, n);
+	} else if (n >= 8) {
+		uint64_t a, b;
+		memcpy(&a, s, 8);
+		memcpy(&b, s + n - 8, 8);
+		memcpy(dst, &a, 8);
+		memcpy(dst + n - 8, &b, 8);
+	} else if (n >= 4) {
+		uint32_t a, b;
+		memcpy(&a, s, 4);
+		memcpy(&b, s + n - 4, 4);
+		memcpy(dst, &a, 4);
+		memcpy(dst + n - 4, &b, 4);
+	} else if (n) {
+		dst[0] = s[0];
+		dst[n / 2] = s[n / 2];
+		dst[n - 1] = s[n - 1];
+	}
+}
+
+static int enc_handle(struct enc *e, const ferry_value *v)
+{
+	const char *name = ferry_value_kind_name(v->kind);
+	if (e->deny & (1u << v->kind))
+		return ferry__fail(FERRY_ENOTCLONEABLE,
+				   "ferry_clone_encode: a %s reference is not allowed in this message",
+				   name);
+	struct ferry_clone_handles *h = e->h;
+	if (!h)
+		return ferry__fail(FERRY_ENOTCLONEABLE,
+				   "ferry_clone_encode: the value holds a %s reference but no handle "
+				   "table was given",
+				   name);
+	size_t idx = SIZE_MAX;
+	if (!e->htab.slots) {
+		for (size_t i = 0; i < h->count; i++)
+			if (h->items[i].handle == v->u.h) {
+				idx = i;
+				break;
+			}
+	} else {
+		uintptr_t x;
+		if (fv_ptab_get(&e->htab, v->u.h, &x))
+			idx = x;
+	}
+	if (idx != SIZE_MAX) {
+		if (h->items[idx].kind != v->kind)
+			return ferry__fail(-EINVAL,
+					   "ferry_clone_encode: handle %p is referenced both as a %s "
+					   "and as a %s",
+					   v->u.h, ferry_value_kind_name(h->items[idx].kind), name);
+	} else {
+		if (h->count == h->cap) {
+			size_t ncap = h->cap ? h->cap * 2 : 8;
+			struct ferry_clone_handle *n = realloc(h->items, ncap * sizeof *n);
+			if (!n)
+				return ferry__fail(-ENOMEM, "ferry_clone_encode: out of memory");
+			h->items = n;
+			h->cap = ncap;
+		}
+		idx = h->count++;
+		h->items[idx].kind = (enum ferry_value_kind)v->kind;
+		h->items[idx].handle = v->u.h;
+		if (h->count > HANDLES_LINEAR) {
+			size_t from = e->htab.slots ? idx : 0;
+			for (size_t i = from; i < h->count; i++)
+				if (ferry__fv_ptab_put(&e->htab, h->items[i].handle, i))
+					return ferry__fail(-ENOMEM, "ferry_clone_encode: out of memory");
+		}
+	}
+	put_head(e, MAJ_TAG, handle_tag(v->kind));
+	put_head(e, MAJ_UINT, idx);
+	return 0;
+}
+
+/* Write scalar @v (null .. bytes) at @pos if it fits in @cap; returns the
+ * position after it either way. The hot loop of encoding: the cursor stays
+ * in a register. */
+static inline __attribute__((always_inline)) size_t put_scalar(uint8_t *buf, size_t pos, size_t cap, const ferry_value *v)
+{
+	uint64_t u;
+	unsigned major;
+	size_t n, len;
+	switch (v->kind) {
+	case FERRY_VALUE_NULL:
+		if (FERRY_LIKELY(pos < cap))
+			buf[pos] = IB_NULL;
+		return pos + 1;
+	case FERRY_VALUE_UNDEFINED:
+		if (FERRY_LIKELY(pos < cap))
+			buf[pos] = IB_UNDEFINED;
+		return pos + 1;
+	case FERRY_VALUE_BOOL:
+		if (FERRY_LIKELY(pos < cap))
+			buf[pos] = v->u.b ? IB_TRUE : IB_FALSE;
+		return pos + 1;
+	case FERRY_VALUE_INT:
+		if (v->u.i >= 0) {
+			u = (uint64_t)v->u.i;
+			major = MAJ_UINT;
+		} else { /* -1 - i */
+			u = ~(uint64_t)v->u.i;
+			major = MAJ_NINT;
+		}
+		n = head_len(u);
+		if (FERRY_LIKELY(pos + n <= cap))
+			write_head(buf + pos, major, u, n);
+		return pos + n;
+	case FERRY_VALUE_DOUBLE:
+		if (FERRY_LIKELY(pos + 9 <= cap)) {
+			memcpy(&u, &v->u.d, 8);
+			u = __builtin_bswap64(u);
+			buf[pos] = IB_FLOAT64;
+			memcpy(buf + pos + 1, &u, 8);
+		}
+		return pos + 9;
+	case FERRY_VALUE_STR:
+		len = v->u.s.len;
+		if (len <= 15 && pos + 17 <= cap) {
+			/* One 16-byte copy: the string is readable (and zero
+			 * padded) that far; what passes len is overwritten by
+			 * the next item or lies past the end. */
+			buf[pos] = (uint8_t)(MAJ_TEXT << 5 | len);
+			memcpy(buf + pos + 1, v->u.s.p, 16);
+			return pos + 1 + len;
+		}
+		n = head_len(len);
+		if (FERRY_LIKELY(pos + n + len <= cap)) {
+			write_head(buf + pos, MAJ_TEXT, len, n);
+			copy_small(buf + pos + n, v->u.s.p, len);
+		}
+		return pos + n + len;
+	default: /* FERRY_VALUE_BYTES */
+		if (v->typed) {
+			u = typed_tag[v->typed];
+			n = head_len(u);
+			if (FERRY_LIKELY(pos + n <= cap))
+				write_head(buf + pos, MAJ_TAG, u, n);
+			pos += n;
+		}
+		len = v->u.s.len;
+		n = head_len(len);
+		if (FERRY_LIKELY(pos + n + len <= cap)) {
+			write_head(buf + pos, MAJ_BYTES, len, n);
+			copy_small(buf + pos + n, v->u.s.p, len);
+		}
+		return pos + n + len;
+	}
+}
+
+/* A child that put_scalar can write without enc_value: no identity to keep
+ * (held by one container only) and no handle table to touch. */
+static inline bool plain_scalar(const ferry_value *v)
+{
+	return v->kind <= FERRY_VALUE_BYTES && v->refs < 2;
+}
+
+static int too_deep(const struct enc *e)
+{
+	return ferry__fail(FERRY_ENOTCLONEABLE,
+			   "ferry_clone_encode: arrays and maps nest deeper than %u", e->max_depth);
+}
+
+static int enc_value(struct enc *e, const ferry_value *v, unsigned depth)
+{
+	/* refs counts the arrays and maps holding v: a value reachable once from
+	 * the root has at most one, plus none for the root itself. More means it
+	 * may be reached again (over-counting only costs a tag 28). */
+	if (FERRY_UNLIKELY(v->refs + (v == e->root) >= 2)) {
+		uintptr_t idx;
+		if (fv_ptab_get(&e->shares, v, &idx)) {
+			put_head(e, MAJ_TAG, TAG_SHAREDREF);
+			put_head(e, MAJ_UINT, idx);
+			return 0;
+		}
+		if (ferry__fv_ptab_put(&e->shares, v, e->nshares++))
+			return ferry__fail(-ENOMEM, "ferry_clone_encode: out of memory");
+		put_head(e, MAJ_TAG, TAG_SHAREABLE);
+	}
+	uint8_t *buf = e->buf;
+	size_t cap = e->cap;
+	switch (v->kind) {
+	case FERRY_VALUE_ARRAY: {
+		if (depth > e->max_depth)
+			return too_deep(e);
+		uint32_t n = v->u.a.len;
+		put_head(e, MAJ_ARRAY, n);
+		size_t pos = e->pos;
+		for (uint32_t i = 0; i < n; i++) {
+			const ferry_value *c = v->u.a.items[i];
+			if (FERRY_LIKELY(plain_scalar(c))) {
+				pos = put_scalar(buf, pos, cap, c);
+				continue;
+			}
+			e->pos = pos;
+			int r = enc_value(e, c, depth + 1);
+			if (r)
+				return r;
+			pos = e->pos;
+		}
+		e->pos = pos;
+		return 0;
+	}
+	case FERRY_VALUE_MAP: {
+		if (depth > e->max_depth)
+			return too_deep(e);
+		uint32_t n = v->u.m.len;
+		put_head(e, MAJ_MAP, n);
+		size_t pos = e->pos;
+		const struct fv_entry *en = v->u.m.e;
+		for (uint32_t i = 0; i < n; i++) {
+			size_t kl = en[i].klen;
+			if (FERRY_LIKELY(kl <= 15 && pos + 17 <= cap)) {
+				/* as for short strings in put_scalar */
+				buf[pos] = (uint8_t)(MAJ_TEXT << 5 | kl);
+				memcpy(buf + pos + 1, en[i].key, 16);
+				pos += 1 + kl;
+			} else {
+				size_t hn = head_len(kl);
+				if (FERRY_LIKELY(pos + hn + kl <= cap)) {
+					write_head(buf + pos, MAJ_TEXT, kl, hn);
+					copy_small(buf + pos + hn, en[i].key, kl);
+				}
+				pos += hn + kl;
+			}
+			const ferry_value *c = en[i].v;
+			if (FERRY_LIKELY(plain_scalar(c))) {
+				pos = put_scalar(buf, pos, cap, c);
+				continue;
+			}
+			e->pos = pos;
+			int r = enc_value(e, c, depth + 1);
+			if (r)
+				return r;
+			pos = e->pos;
+		}
+		e->pos = pos;
+		return 0;
+	}
+	case FERRY_VALUE_BUF:
+	case FERRY_VALUE_SHARED:
+	case FERRY_VALUE_PORT:
+		return enc_handle(e, v);
+	default:
+		e->pos = put_scalar(buf, e->pos, cap, v);
+		return 0;
+	}
+}
+
+FERRY_API void ferry_clone_handles_init(struct ferry_clone_handles *h)
+{
+	if (h)
+		memset(h, 0, sizeof *h);
+}
+
+FERRY_API void ferry_clone_handles_fini(struct ferry_clone_handles *h)
+{
+	if (!h)
+		return;
+	free(h->items);
+	memset(h, 0, sizeof *h);
+}
+
+static int check_depth_opt(const char *who, unsigned max_depth, unsigned *out)
+{
+	if (max_depth > FERRY_CLONE_MAX_DEPTH)
+		return ferry__fail(-EINVAL, "%s: max_depth %u is over the limit of %d", who,
+				   max_depth, FERRY_CLONE_MAX_DEPTH);
+	*out = max_depth ? max_depth : FERRY_CLONE_MAX_DEPTH;
+	return 0;
+}
+
+FERRY_API int ferry_clone_encode(const ferry_value *v, void *buf, size_t cap, size_t *len,
+				 struct ferry_clone_handles *handles,
+				 const struct ferry_clone_encode_opts *opts)
+{
+	static const char who[] = "ferry_clone_encode";
+	if (!v)
+		return ferry__fail(-EINVAL, "%s: NULL value", who);
+	if (!len)
+		return ferry__fail(-EINVAL, "%s: NULL len", who);
+	if (!buf && cap)
+		return ferry__fail(-EINVAL, "%s: NULL buffer of %zu bytes", who, cap);
+	struct enc e; /* not = {0}: its inline tables are big and need no zeroing */
+	e.buf = buf;
+	e.pos = 0;
+	e.cap = buf ? cap : 0;
+	e.deny = 0;
+	e.root = v;
+	e.nshares = 0;
+	e.h = handles;
+	int r = check_depth_opt(who, opts ? opts->max_depth : 0, &e.max_depth);
+	if (r)
+		return r;
+	if (opts) {
+		const unsigned all = FERRY_CLONE_DENY_BUF | FERRY_CLONE_DENY_SHARED |
+				     FERRY_CLONE_DENY_PORT;
+		if (opts->deny & ~all)
+			return ferry__fail(-EINVAL, "%s: unknown bits 0x%x in deny", who,
+					   opts->deny & ~all);
+		e.deny = opts->deny;
+	}
+	if (handles)
+		handles->count = 0;
+	fv_ptab_init(&e.shares);
+	fv_ptab_init(&e.htab);
+	r = enc_value(&e, v, 1);
+	ferry__fv_ptab_fini(&e.shares);
+	ferry__fv_ptab_fini(&e.htab);
+	if (r)
+		return r;
+	*len = e.pos;
+	if (e.pos > cap)
+		return ferry__fail(-ENOBUFS, "%s: the clone needs %zu bytes, the buffer has %zu", who,
+				   e.pos, cap);
+	return 0;
+}
+
+FERRY_API int ferry_clone_size(const ferry_value *v, size_t *len,
+			       const struct ferry_clone_encode_opts *opts)
+{
+	if (!len)
+		return ferry__fail(-EINVAL, "ferry_clone_size: NULL len");
+	struct ferry_clone_handles h;
+	ferry_clone_handles_init(&h);
+	int r = ferry_clone_encode(v, NULL, 0, len, &h, opts);
+	ferry_clone_handles_fini(&h);
+	return r == -ENOBUFS ? 0 : r;
+}
+
+/* ======================================================================
+ * Decode
+ * ====================================================================== */
+
+struct dec {
+	const uint8_t *base, *p, *end;
+	struct fv_graph *g;
+	unsigned max_depth;
+	const struct ferry_clone_handle *handles;
+	size_t nhandles;
+	ferry_value **shares; /* by shareable index; NULL while reserved */
+	size_t nshares, capshares;
+	ferry_value *inl_shares[16];
+};
+
+static int __attribute__((format(printf, 3, 4), noinline, cold))
+bad(const struct dec *d, const uint8_t *at, const char *fmt, ...)
+{
+	char msg[320];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	return ferry__fail(-EBADMSG, "ferry_clone_decode: %s at offset %zu", msg,
+			   (size_t)(at - d->base));
+}
+
+static int __attribute__((noinline, cold)) oom(void)
+{
+	return ferry__fail(-ENOMEM, "ferry_clone_decode: out of memory");
+}
+
+static inline size_t left(const struct dec *d)
+{
+	return (size_t)(d->end - d->p);
+}
+
+/* Read the head of the item at d->p: initial byte and argument (for major 7,
+ * the raw bits of a float). Indefinite lengths and reserved forms are left
+ * to the caller (ai 31) or refused (ai 28..30). */
+static inline int read_head(struct dec *d, uint8_t *ibp, uint64_t *arg)
+{
+	const uint8_t *at = d->p;
+	/* Set on every path: the compiler cannot see that bad() returns non-zero. */
+	*ibp = 0;
+	*arg = 0;
+	if (FERRY_UNLIKELY(at >= d->end))
+		return bad(d, at, "truncated: an item is missing");
+	uint8_t ib = *at;
+	uint8_t ai = ib & 31;
+	*ibp = ib;
+	if (ai < 24) {
+		*arg = ai;
+		d->p = at + 1;
+		return 0;
+	}
+	if (FERRY_UNLIKELY(ai > 27)) {
+		if (ai == 31) {
+			*arg = 0;
+			d->p = at + 1;
+			return 0;
+		}
+		return bad(d, at, "reserved additional information %u in initial byte 0x%02x",
+			   ai, ib);
+	}
+	size_t n = (size_t)1 << (ai - 24);
+	if (FERRY_UNLIKELY((size_t)(d->end - at) - 1 < n))
+		return bad(d, at, "truncated: the head needs %zu more bytes, %zu remain", n,
+			   (size_t)(d->end - at) - 1);
+	const uint8_t *p = at + 1;
+	switch (n) {
+	case 1:
+		*arg = p[0];
+		break;
+	case 2: {
+		uint16_t x;
+		memcpy(&x, p, 2);
+		*arg = __builtin_bswap16(x);
+		break;
+	}
+	case 4: {
+		uint32_t x;
+		memcpy(&x, p, 4);
+		*arg = __builtin_bswap32(x);
+		break;
+	}
+	default: {
+		uint64_t x;
+		memcpy(&x, p, 8);
+		*arg = __builtin_bswap64(x);
+		break;
+	}
+	}
+	d->p = p + n;
+	return 0;
+}
+
+static inline ferry_value *new_node(struct dec *d, unsigned kind, size_t extra)
+{
+	ferry_value *v = fv_alloc(d->g, sizeof(ferry_value) + extra);
+	if (FERRY_LIKELY(v)) {
+		v->kind = (uint8_t)kind;
+		v->typed = 0;
+		v->unused = 0;
+		v->refs = 0;
+		v->g = d->g;
+	}
+	return v;
+}
+
+static double half_to_double(uint16_t h)
+{
+	uint64_t sign = (uint64_t)(h >> 15) << 63;
+	unsigned exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
+	uint64_t bits;
+	if (exp == 0) { /* zero or subnormal: mant * 2^-24, exact */
+		double v = (double)mant / 16777216.0;
+		memcpy(&bits, &v, 8);
+		bits |= sign;
+	} else if (exp == 31) { /* infinity or NaN, payload kept */
+		bits = sign | (0x7ffull << 52) | ((uint64_t)mant << 42);
+	} else {
+		bits = sign | ((uint64_t)(exp - 15 + 1023) << 52) | ((uint64_t)mant << 42);
+	}
+	double v;
+	memcpy(&v, &bits, 8);
+	return v;
+}
+
+static int register_share(struct dec *d, size_t *slot)
+{
+	if (d->nshares == d->capshares) {
+		size_t ncap = d->capshares * 2;
+		ferry_value **n;
+		if (d->shares == d->inl_shares) {
+			n = malloc(ncap * sizeof *n);
+			if (n)
+				memcpy(n, d->shares, d->nshares * sizeof *n);
+		} else {
+			n = realloc(d->shares, ncap * sizeof *n);
+		}
+		if (!n)
+			return oom();
+		d->shares = n;
+		d->capshares = ncap;
+	}
+	*slot = d->nshares;
+	d->shares[d->nshares++] = NULL;
+	return 0;
+}
+
+#define NO_SLOT SIZE_MAX
+
+static int dec_slow(struct dec *d, unsigned depth, ferry_value **out);
+
+/* Byte or text string body of @len bytes; @at is the item's head. */
+static int dec_string(struct dec *d, const uint8_t *at, unsigned kind, uint64_t len,
+		      enum ferry_typed typed, ferry_value **out)
+{
+	if (FERRY_UNLIKELY(len > left(d)))
+		return bad(d, at, "truncated: %s string claims %llu bytes, %zu remain",
+			   kind == FERRY_VALUE_STR ? "text" : "byte", (unsigned long long)len,
+			   left(d));
+	const uint8_t *src = d->p;
+	if (kind == FERRY_VALUE_STR) {
+		size_t b = ferry__utf8_check(src, len);
+		if (FERRY_UNLIKELY(b != len))
+			return bad(d, at, "text string is not valid UTF-8 (byte %zu of it)", b);
+	}
+	/* A long string gets its own chunk; the node stays in the bump area. */
+	ferry_value *v;
+	char *p;
+	if (len + 1 + sizeof(ferry_value) < FV_BIG) {
+		v = new_node(d, kind, len + 1);
+		if (!v)
+			return oom();
+		p = (char *)(v + 1);
+	} else {
+		v = new_node(d, kind, 0);
+		p = v ? fv_alloc(d->g, len + 1) : NULL;
+		if (!p)
+			return oom();
+	}
+	v->kind = (uint8_t)kind;
+	v->typed = (uint8_t)typed;
+	memcpy(p, src, len);
+	fv_pad(p, len);
+	v->u.s.p = p;
+	v->u.s.len = len;
+	d->p = src + len;
+	*out = v;
+	return 0;
+}
+
+static void swap_elems(char *p, size_t len, size_t es)
+{
+	for (size_t i = 0; i + es <= len; i += es) {
+		for (size_t a = i, b = i + es - 1; a < b; a++, b--) {
+			char t = p[a];
+			p[a] = p[b];
+			p[b] = t;
+		}
+	}
+}
+
+/* The byte string under RFC 8746 tag @tag (64..87). */
+static int dec_typed(struct dec *d, const uint8_t *at, uint64_t tag, ferry_value **out)
+{
+	static const struct {
+		uint8_t t;
+		uint8_t le; /* 1 little-endian, 0 big-endian, 2 single bytes */
+	} map[24] = {
+		[0] = {FERRY_TYPED_U8, 2},   [1] = {FERRY_TYPED_U16, 0},  [2] = {FERRY_TYPED_U32, 0},
+		[3] = {FERRY_TYPED_U64, 0},  [4] = {FERRY_TYPED_U8_CLAMPED, 2},
+		[5] = {FERRY_TYPED_U16, 1},  [6] = {FERRY_TYPED_U32, 1},  [7] = {FERRY_TYPED_U64, 1},
+		[8] = {FERRY_TYPED_I8, 2},   [9] = {FERRY_TYPED_I16, 0},  [10] = {FERRY_TYPED_I32, 0},
+		[11] = {FERRY_TYPED_I64, 0}, [13] = {FERRY_TYPED_I16, 1}, [14] = {FERRY_TYPED_I32, 1},
+		[15] = {FERRY_TYPED_I64, 1}, [17] = {FERRY_TYPED_F32, 0}, [18] = {FERRY_TYPED_F64, 0},
+		[21] = {FERRY_TYPED_F32, 1}, [22] = {FERRY_TYPED_F64, 1},
+	};
+	unsigned i = (unsigned)(tag - 64);
+	enum ferry_typed t = (enum ferry_typed)map[i].t;
+	if (t == FERRY_TYPED_NONE)
+		return bad(d, at, "typed array tag %llu (%s) is not supported",
+			   (unsigned long long)tag,
+			   i == 12 ? "reserved" : (i & 3) == 0 ? "float16" : "float128");
+	const uint8_t *sat = d->p;
+	uint8_t ib;
+	uint64_t len;
+	int r = read_head(d, &ib, &len);
+	if (r)
+		return r;
+	if ((ib >> 5) != MAJ_BYTES || (ib & 31) == 31)
+		return bad(d, sat, "typed array tag %llu must hold a definite byte string",
+			   (unsigned long long)tag);
+	size_t es = ferry_typed_elem_size(t);
+	if (len % es)
+		return bad(d, sat, "typed array of %llu bytes is not a whole number of %zu-byte "
+				   "elements",
+			   (unsigned long long)len, es);
+	r = dec_string(d, sat, FERRY_VALUE_BYTES, len, t, out);
+	if (r)
+		return r;
+	if (map[i].le != 2 && map[i].le != HOST_LE)
+		swap_elems((*out)->u.s.p, len, es);
+	return 0;
+}
+
+static int dec_handle(struct dec *d, unsigned kind, ferry_value **out)
+{
+	const uint8_t *iat = d->p;
+	uint8_t ib;
+	uint64_t idx;
+	int r = read_head(d, &ib, &idx);
+	if (r)
+		return r;
+	const char *name = ferry_value_kind_name(kind);
+	if ((ib >> 5) != MAJ_UINT || (ib & 31) == 31)
+		return bad(d, iat, "%s reference must hold an unsigned index", name);
+	if (idx >= d->nhandles)
+		return bad(d, iat, "%s reference to handle %llu, but the handle table has %zu",
+			   name, (unsigned long long)idx, d->nhandles);
+	const struct ferry_clone_handle *h = &d->handles[idx];
+	if ((unsigned)h->kind != kind)
+		return bad(d, iat, "handle %llu is a %s in the message but a %s in the handle table",
+			   (unsigned long long)idx, name, ferry_value_kind_name(h->kind));
+	if (!h->handle)
+		return bad(d, iat, "handle %llu is NULL in the handle table",
+			   (unsigned long long)idx);
+	ferry_value *v = new_node(d, kind, 0);
+	if (!v)
+		return oom();
+	v->kind = (uint8_t)kind;
+	v->u.h = h->handle;
+	*out = v;
+	return 0;
+}
+
+/* One item, the common small kinds decoded inline (the cursor in a
+ * register, no call); anything else, and every error, goes to dec_slow,
+ * which decodes it or says precisely what is wrong. */
+static inline __attribute__((always_inline)) int dec_item(struct dec *d, unsigned depth,
+							  ferry_value **out)
+{
+	const uint8_t *p = d->p;
+	size_t room = (size_t)(d->end - p);
+	if (FERRY_UNLIKELY(!room))
+		return dec_slow(d, depth, out);
+	uint8_t ib = *p;
+	unsigned ai = ib & 31;
+	ferry_value *v;
+	switch (ib >> 5) {
+	case MAJ_UINT:
+	case MAJ_NINT: {
+		uint64_t u;
+		if (ai < 24) {
+			u = ai;
+			p += 1;
+		} else if (ai == 24 && room >= 2) {
+			u = p[1];
+			p += 2;
+		} else if (ai == 25 && room >= 3) {
+			u = (uint64_t)p[1] << 8 | p[2];
+			p += 3;
+		} else if (ai == 26 && room >= 5) {
+			uint32_t x;
+			memcpy(&x, p + 1, 4);
+			u = __builtin_bswap32(x);
+			p += 5;
+		} else {
+			break;
+		}
+		v = new_node(d, FERRY_VALUE_INT, 0);
+		if (FERRY_UNLIKELY(!v))
+			return oom();
+		v->u.i = (ib >> 5) == MAJ_UINT ? (int64_t)u : -1 - (int64_t)u;
+		d->p = p;
+		*out = v;
+		return 0;
+	}
+	case MAJ_TEXT: {
+		size_t len, hn;
+		if (ai <= 15 && room >= 17) {
+			/* Short ASCII: two words in, masked, checked and stored
+			 * out whole (the zero padding is the NUL). */
+			uint64_t a = fv_ld64(p + 1), b = fv_ld64(p + 9);
+			if (ai <= 8) {
+				a = fv_low(a, ai);
+				b = 0;
+			} else {
+				b = fv_low(b, ai - 8);
+			}
+			if (FERRY_LIKELY(!((a | b) & FV_HIGH_BITS))) {
+				v = new_node(d, FERRY_VALUE_STR, 16);
+				if (FERRY_UNLIKELY(!v))
+					return oom();
+				char *s = (char *)(v + 1);
+				fv_st64(s, a);
+				fv_st64(s + 8, b);
+				v->u.s.p = s;
+				v->u.s.len = ai;
+				d->p = p + 1 + ai;
+				*out = v;
+				return 0;
+			}
+		}
+		if (ai < 24) {
+			len = ai;
+			hn = 1;
+		} else if (ai == 24 && room >= 2) {
+			len = p[1];
+			hn = 2;
+		} else {
+			break;
+		}
+		if (FERRY_UNLIKELY(len > room - hn) || !fv_utf8_ok(p + hn, len))
+			break;
+		v = new_node(d, FERRY_VALUE_STR, len + 1);
+		if (FERRY_UNLIKELY(!v))
+			return oom();
+		char *s = (char *)(v + 1);
+		memcpy(s, p + hn, len);
+		fv_pad(s, len);
+		v->u.s.p = s;
+		v->u.s.len = len;
+		d->p = p + hn + len;
+		*out = v;
+		return 0;
+	}
+	case MAJ_SIMPLE:
+		if (ai >= 20 && ai <= 23) {
+			static const uint8_t kinds[4] = {FERRY_VALUE_BOOL, FERRY_VALUE_BOOL,
+							 FERRY_VALUE_NULL, FERRY_VALUE_UNDEFINED};
+			v = new_node(d, kinds[ai - 20], 0);
+			if (FERRY_UNLIKELY(!v))
+				return oom();
+			v->u.i = 0;
+			v->u.b = ai == 21;
+			d->p = p + 1;
+			*out = v;
+			return 0;
+		}
+		if (ai == 27 && room >= 9) {
+			v = new_node(d, FERRY_VALUE_DOUBLE, 0);
+			if (FERRY_UNLIKELY(!v))
+				return oom();
+			uint64_t x;
+			memcpy(&x, p + 1, 8);
+			x = __builtin_bswap64(x);
+			memcpy(&v->u.d, &x, 8);
+			d->p = p + 9;
+			*out = v;
+			return 0;
+		}
+		break;
+	default:
+		break;
+	}
+	return dec_slow(d, depth, out);
+}
+
+static int dec_array(struct dec *d, const uint8_t *at, uint64_t n, unsigned depth, size_t slot,
+		     ferry_value **out)
+{
+	if (FERRY_UNLIKELY(depth > d->max_depth))
+		return bad(d, at, "arrays and maps nest deeper than %u", d->max_depth);
+	/* Every item takes at least one byte. */
+	if (FERRY_UNLIKELY(n > left(d)))
+		return bad(d, at, "truncated: array claims %llu items, %zu bytes remain",
+			   (unsigned long long)n, left(d));
+	if (FERRY_UNLIKELY(n > UINT32_MAX))
+		return bad(d, at, "array of %llu items is too long", (unsigned long long)n);
+	ferry_value *a = new_node(d, FERRY_VALUE_ARRAY, 0);
+	ferry_value **items = n ? fv_alloc(d->g, n * sizeof *items) : NULL;
+	if (!a || (n && !items))
+		return oom();
+	a->u.a.items = items;
+	a->u.a.len = 0;
+	a->u.a.cap = (uint32_t)n;
+	if (slot != NO_SLOT)
+		d->shares[slot] = a; /* before the items: they may refer to it */
+	for (uint32_t i = 0; i < (uint32_t)n; i++) {
+		ferry_value *v;
+		int r = dec_item(d, depth + 1, &v);
+		if (FERRY_UNLIKELY(r))
+			return r;
+		fv_ref(v);
+		items[i] = v;
+		a->u.a.len = i + 1;
+	}
+	*out = a;
+	return 0;
+}
+
+/* Key of a map entry: a definite text string. */
+static int __attribute__((noinline, cold)) bad_key(struct dec *d)
+{
+	const uint8_t *kat = d->p;
+	uint8_t ib;
+	uint64_t klen;
+	int r = read_head(d, &ib, &klen);
+	if (r)
+		return r;
+	if ((ib >> 5) != MAJ_TEXT || (ib & 31) == 31)
+		return bad(d, kat, "map key is not a definite-length text string (initial byte "
+				   "0x%02x)",
+			   ib);
+	if (klen > left(d))
+		return bad(d, kat, "truncated: map key claims %llu bytes, %zu remain",
+			   (unsigned long long)klen, left(d));
+	size_t b = ferry__utf8_check(d->p, klen);
+	return bad(d, kat, "map key is not valid UTF-8 (byte %zu of it)", b);
+}
+
+static int __attribute__((noinline, cold))
+dup_key(struct dec *d, const uint8_t *at, const char *k, size_t klen)
+{
+	return bad(d, at, "map has the key \"%.*s\" twice", klen > 40 ? 40 : (int)klen, k);
+}
+
+static int dec_map(struct dec *d, const uint8_t *at, uint64_t n, unsigned depth, size_t slot,
+		   ferry_value **out)
+{
+	if (FERRY_UNLIKELY(depth > d->max_depth))
+		return bad(d, at, "arrays and maps nest deeper than %u", d->max_depth);
+	/* Every entry takes at least two bytes. */
+	if (FERRY_UNLIKELY(n > left(d) / 2))
+		return bad(d, at, "truncated: map claims %llu entries, %zu bytes remain",
+			   (unsigned long long)n, left(d));
+	if (FERRY_UNLIKELY(n > UINT32_MAX))
+		return bad(d, at, "map of %llu entries is too long", (unsigned long long)n);
+	uint32_t cap = (uint32_t)n;
+	ferry_value *m = new_node(d, FERRY_VALUE_MAP, 0);
+	struct fv_entry *e = n ? fv_alloc(d->g, fv_map_block(cap)) : NULL;
+	if (!m || (n && !e))
+		return oom();
+	m->u.m.e = e;
+	m->u.m.len = 0;
+	m->u.m.cap = cap;
+	uint32_t *idx = fv_map_idx(m), mask = fv_map_mask(m);
+	if (idx)
+		memset(idx, 0, (size_t)mask * sizeof *idx + sizeof *idx);
+	if (slot != NO_SLOT)
+		d->shares[slot] = m;
+	uint64_t seed = idx ? fv_seed() : 0;
+	for (uint32_t i = 0; i < cap; i++) {
+		const uint8_t *p = d->p;
+		size_t room = (size_t)(d->end - p), klen = 16, hn = 1;
+		char *k = NULL;
+		uint32_t hash = 0;
+		if (FERRY_LIKELY(room >= 17))
+			klen = (size_t)*p - 0x60; /* a short text head: 0x60..0x6f */
+		if (FERRY_LIKELY(klen <= 15)) {
+			/* The key as two words: masked, checked, hashed and
+			 * stored whole (the zero padding is the NUL). */
+			uint64_t a = fv_ld64(p + 1), b = fv_ld64(p + 9);
+			if (klen <= 8) {
+				a = fv_low(a, klen);
+				b = 0;
+			} else {
+				b = fv_low(b, klen - 8);
+			}
+			if (FERRY_LIKELY(!((a | b) & FV_HIGH_BITS))) {
+				k = fv_alloc(d->g, 16);
+				if (FERRY_UNLIKELY(!k))
+					return oom();
+				fv_st64(k, a);
+				fv_st64(k + 8, b);
+				if (idx)
+					hash = fv_hash16(a, b, klen, seed);
+			}
+		}
+		if (!k) { /* long, not ASCII, not a short head, or near the end */
+			uint8_t ib;
+			uint64_t kl;
+			if (read_head(d, &ib, &kl) || (ib >> 5) != MAJ_TEXT || (ib & 31) == 31 ||
+			    kl > left(d) || !fv_utf8_ok(d->p, kl)) {
+				d->p = p;
+				return bad_key(d);
+			}
+			const char *key = (const char *)d->p;
+			klen = kl;
+			hn = (size_t)(d->p - p);
+			k = fv_alloc(d->g, klen + 1);
+			if (FERRY_UNLIKELY(!k))
+				return oom();
+			memcpy(k, key, klen);
+			fv_pad(k, klen);
+			if (idx)
+				hash = fv_hash(k, klen);
+		}
+		/* Duplicate check; for an indexed map, find the free slot
+		 * now: decoding the value cannot add entries to this map. */
+		uint32_t free_slot = 0;
+		if (idx) {
+			for (uint32_t s = hash & mask;; s = (s + 1) & mask) {
+				uint32_t x = idx[s];
+				if (!x) {
+					free_slot = s;
+					break;
+				}
+				const struct fv_entry *c = &e[x - 1];
+				if (FERRY_UNLIKELY(c->hash == hash && c->klen == klen &&
+						   memcmp(c->key, k, klen) == 0))
+					return dup_key(d, p, k, klen);
+			}
+		} else {
+			for (uint32_t j = 0; j < i; j++)
+				if (FERRY_UNLIKELY(e[j].klen == klen && memcmp(e[j].key, k, klen) == 0))
+					return dup_key(d, p, k, klen);
+		}
+		d->p = p + hn + klen;
+		ferry_value *v;
+		int r = dec_item(d, depth + 1, &v);
+		if (FERRY_UNLIKELY(r))
+			return r;
+		struct fv_entry *en = &e[i];
+		en->key = k;
+		en->klen = (uint32_t)klen;
+		en->hash = hash;
+		en->v = v;
+		fv_ref(v);
+		if (idx)
+			idx[free_slot] = i + 1;
+		m->u.m.len = i + 1;
+	}
+	*out = m;
+	return 0;
+}
+
+/* The item whose head (@ib, @arg) was read at @at; @slot is the shareable
+ * slot to fill when the item sits under tag 28. */
+static int dec_body(struct dec *d, const uint8_t *at, uint8_t ib, uint64_t arg, unsigned depth,
+		    size_t slot, ferry_value **out)
+{
+	unsigned major = ib >> 5, ai = ib & 31;
+	ferry_value *v;
+	int r;
+	if (FERRY_UNLIKELY(ai == 31 && major != MAJ_SIMPLE)) {
+		if (major >= MAJ_BYTES && major <= MAJ_MAP)
+			return bad(d, at, "indefinite-length %s are not supported (ferry writes "
+					  "definite lengths)",
+				   major == MAJ_BYTES   ? "byte strings"
+				   : major == MAJ_TEXT  ? "text strings"
+				   : major == MAJ_ARRAY ? "arrays"
+							: "maps");
+		return bad(d, at, "malformed initial byte 0x%02x", ib);
+	}
+	switch (major) {
+	case MAJ_UINT:
+	case MAJ_NINT:
+		if (FERRY_UNLIKELY(arg > INT64_MAX))
+			return bad(d, at, "integer %s%llu does not fit in int64",
+				   major == MAJ_NINT ? "-1-" : "", (unsigned long long)arg);
+		v = new_node(d, FERRY_VALUE_INT, 0);
+		if (!v)
+			return oom();
+		v->kind = FERRY_VALUE_INT;
+		v->u.i = major == MAJ_UINT ? (int64_t)arg : -1 - (int64_t)arg;
+		break;
+	case MAJ_BYTES:
+	case MAJ_TEXT:
+		r = dec_string(d, at, major == MAJ_TEXT ? FERRY_VALUE_STR : FERRY_VALUE_BYTES, arg,
+			       FERRY_TYPED_NONE, &v);
+		if (r)
+			return r;
+		break;
+	case MAJ_ARRAY:
+		return dec_array(d, at, arg, depth, slot, out);
+	case MAJ_MAP:
+		return dec_map(d, at, arg, depth, slot, out);
+	case MAJ_TAG:
+		if (arg == TAG_SHAREABLE) {
+			if (slot != NO_SLOT)
+				return bad(d, at, "tag 28 (shareable) directly inside tag 28");
+			size_t s = 0;
+			if ((r = register_share(d, &s)))
+				return r;
+			const uint8_t *iat = d->p;
+			if ((r = read_head(d, &ib, &arg)))
+				return r;
+			if ((ib >> 5) == MAJ_TAG && arg == TAG_SHAREDREF)
+				return bad(d, iat, "tag 29 (sharedref) directly inside tag 28");
+			return dec_body(d, iat, ib, arg, depth, s, out);
+		}
+		if (arg == TAG_SHAREDREF) {
+			const uint8_t *iat = d->p;
+			if ((r = read_head(d, &ib, &arg)))
+				return r;
+			if ((ib >> 5) != MAJ_UINT || (ib & 31) == 31)
+				return bad(d, iat, "tag 29 (sharedref) must hold an unsigned index");
+			if (arg >= d->nshares)
+				return bad(d, at, "sharedref %llu, but only %zu values were marked "
+						  "shareable before it",
+					   (unsigned long long)arg, d->nshares);
+			if (!d->shares[arg])
+				return bad(d, at, "sharedref %llu refers to a value still being "
+						  "decoded",
+					   (unsigned long long)arg);
+			*out = d->shares[arg];
+			return 0;
+		}
+		if (arg >= 64 && arg <= 87) {
+			r = dec_typed(d, at, arg, &v);
+		} else if (arg == FERRY_CLONE_TAG_BUF) {
+			r = dec_handle(d, FERRY_VALUE_BUF, &v);
+		} else if (arg == FERRY_CLONE_TAG_SHARED) {
+			r = dec_handle(d, FERRY_VALUE_SHARED, &v);
+		} else if (arg == FERRY_CLONE_TAG_PORT) {
+			r = dec_handle(d, FERRY_VALUE_PORT, &v);
+		} else {
+			return bad(d, at, "unknown tag %llu", (unsigned long long)arg);
+		}
+		if (r)
+			return r;
+		break;
+	default: /* MAJ_SIMPLE */
+		v = new_node(d, FERRY_VALUE_NULL, 0);
+		if (!v)
+			return oom();
+		switch (ai) {
+		case 20:
+		case 21:
+			v->kind = FERRY_VALUE_BOOL;
+			v->u.b = ai == 21;
+			break;
+		case 22:
+			v->kind = FERRY_VALUE_NULL;
+			break;
+		case 23:
+			v->kind = FERRY_VALUE_UNDEFINED;
+			break;
+		case 25:
+			v->kind = FERRY_VALUE_DOUBLE;
+			v->u.d = half_to_double((uint16_t)arg);
+			break;
+		case 26: {
+			uint32_t b32 = (uint32_t)arg;
+			float f;
+			memcpy(&f, &b32, 4);
+			v->kind = FERRY_VALUE_DOUBLE;
+			v->u.d = (double)f;
+			break;
+		}
+		case 27:
+			v->kind = FERRY_VALUE_DOUBLE;
+			memcpy(&v->u.d, &arg, 8);
+			break;
+		case 31:
+			return bad(d, at, "break code outside an indefinite-length item");
+		case 24:
+			return bad(d, at, "simple value %llu is not supported",
+				   (unsigned long long)arg);
+		default:
+			return bad(d, at, "simple value %u is not supported", ai);
+		}
+		break;
+	}
+	if (slot != NO_SLOT)
+		d->shares[slot] = v;
+	*out = v;
+	return 0;
+}
+
+static int __attribute__((noinline)) dec_slow(struct dec *d, unsigned depth, ferry_value **out)
+{
+	const uint8_t *at = d->p;
+	uint8_t ib;
+	uint64_t arg;
+	int r = read_head(d, &ib, &arg);
+	if (r)
+		return r;
+	return dec_body(d, at, ib, arg, depth, NO_SLOT, out);
+}
+
+FERRY_API int ferry_clone_decode(const void *buf, size_t len,
+				 const struct ferry_clone_decode_opts *opts, ferry_value **out)
+{
+	static const char who[] = "ferry_clone_decode";
+	if (!out)
+		return ferry__fail(-EINVAL, "%s: NULL out", who);
+	*out = NULL;
+	if (!buf && len)
+		return ferry__fail(-EINVAL, "%s: NULL buffer of %zu bytes", who, len);
+	struct dec d = {.base = buf, .p = buf, .end = (const uint8_t *)buf + len};
+	int r = check_depth_opt(who, opts ? opts->max_depth : 0, &d.max_depth);
+	if (r)
+		return r;
+	if (opts) {
+		if (!opts->handles && opts->nhandles)
+			return ferry__fail(-EINVAL, "%s: NULL handle table of %zu entries", who,
+					   opts->nhandles);
+		d.handles = opts->handles;
+		d.nhandles = opts->nhandles;
+	}
+	if (!len)
+		return ferry__fail(-EBADMSG, "%s: empty message", who);
+	/* First chunk: about what a message of mixed small fields needs, so
+	 * that one malloc usually does; capped, later chunks grow. */
+	size_t first = len * 8 + 256;
+	if (first > FV_CHUNK_MAX)
+		first = FV_CHUNK_MAX;
+	d.g = ferry__fv_graph_new(first);
+	if (!d.g)
+		return oom();
+	d.shares = d.inl_shares;
+	d.capshares = sizeof d.inl_shares / sizeof d.inl_shares[0];
+	ferry_value *root = NULL;
+	r = dec_item(&d, 1, &root);
+	if (!r && d.p != d.end)
+		r = bad(&d, d.p, "%zu trailing bytes after the value", left(&d));
+	if (d.shares != d.inl_shares)
+		free(d.shares);
+	if (r) {
+		ferry__fv_graph_free(d.g);
+		return r;
+	}
+	*out = root;
+	return 0;
+}

@@ -1,0 +1,745 @@
+/*
+ * Clone messages: a value graph with buffers and ports.
+ *
+ * Record (in the ring):
+ *
+ *   wire_hdr   { kind = WIRE_CLONE }
+ *   clone_hdr  { nhandles, nfds, fd_seq, body_len, cbor_len, flags }
+ *   desc[nhandles]  { type, len, off }
+ *   body       cbor_len bytes of CBOR, then the inline bytes of small buffers
+ *              (absent when CLONE_SPILLED: then the body is the last fd's
+ *              segment)
+ *
+ * Handles that need fds (a buffer's segment, a shared buffer's segment, a
+ * port's channel segment and control socket, a spilled body) travel on the
+ * channel's control socket in batches of at most FERRY_FDS_MAX, each batch
+ * headed by { seq, index }. They are sent before the record is committed, so
+ * a receiver that sees the record finds them already queued. A batch whose
+ * seq is older than the record's belongs to a post that failed halfway and
+ * is dropped (its fds closed).
+ *
+ * Post is all or nothing: everything that can fail (checks, encoding,
+ * segments, ring space, fd sends) happens before the commit; handles are
+ * detached only after it. A failure after the reservation commits a
+ * WIRE_VOID record, which the receiver skips.
+ */
+#include "ferry/buf.h"
+#include "ferry/value.h"
+#include "ports/port_int.h"
+#include "shm/buf_int.h"
+#include "shm/err.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+enum handle_type {
+	H_BUF_INLINE = 1, /* plain buffer, bytes in the body */
+	H_BUF_SEG = 2,    /* plain buffer, its own segment (1 fd) */
+	H_SHARED = 3,     /* shared buffer (1 fd) */
+	H_PORT = 4,       /* port: channel segment + control socket (2 fds); len = side */
+};
+
+#define CLONE_SPILLED 1u
+
+struct clone_hdr {
+	uint32_t nhandles;
+	uint32_t nfds;     /* fds in all batches, the spilled body's included */
+	uint64_t fd_seq;   /* seq of this record's batches (0: no fds) */
+	uint64_t body_len;
+	uint64_t cbor_len; /* the CBOR is body[0, cbor_len) */
+	uint32_t flags;
+	uint32_t pad;
+};
+
+struct handle_desc {
+	uint32_t type;
+	uint32_t pad;
+	uint64_t len; /* buffer bytes; the side for a port */
+	uint64_t off; /* H_BUF_INLINE: offset of the bytes in the body */
+};
+
+struct fd_batch {
+	uint64_t seq;
+	uint32_t index;
+	uint32_t count;
+};
+
+#define MAX_FDS (2 * FERRY_MSG_MAX_HANDLES + 1)
+#define SCRATCH_BYTES ((size_t)64 * 1024)
+
+static unsigned fds_of(uint32_t type)
+{
+	return type == H_PORT ? 2 : type == H_BUF_INLINE ? 0 : 1;
+}
+
+/* ---- post ---- */
+
+struct plan {
+	struct ferry_clone_handles table; /* from the encoder, then the xfer extras */
+	unsigned char *transferred;        /* per handle: listed in xfer */
+	struct handle_desc *descs;
+	ferry_seg **clone_segs;            /* per handle: a segment made for a cloned buffer */
+	int fds[MAX_FDS];
+	unsigned nfds;
+	size_t inline_len;
+	unsigned char *cbor;               /* an encoding too big for the scratch, or NULL */
+	const unsigned char *cbor_data;    /* where the encoding is (scratch or cbor) */
+	size_t cbor_len;
+	ferry_seg *spill;
+};
+
+static void plan_fini(struct plan *pl)
+{
+	if (pl->clone_segs)
+		for (size_t i = 0; i < pl->table.count; i++)
+			ferry_seg_unref(pl->clone_segs[i]);
+	free(pl->clone_segs);
+	free(pl->descs);
+	free(pl->transferred);
+	free(pl->cbor);
+	ferry_seg_unref(pl->spill);
+	ferry_clone_handles_fini(&pl->table);
+}
+
+static int check_xfer(ferry_port *p, const struct ferry_xfer *x)
+{
+	if (!x)
+		return 0;
+	if ((x->nbufs && !x->bufs) || (x->nports && !x->ports))
+		return ferry__fail(-EINVAL, "ferry_port_post: transfer list has a count but no array");
+	if (x->nbufs + x->nports > FERRY_MSG_MAX_HANDLES)
+		return ferry__fail(-EINVAL, "ferry_port_post: transfer list of %zu entries (most %d)",
+				   x->nbufs + x->nports, FERRY_MSG_MAX_HANDLES);
+	for (size_t i = 0; i < x->nbufs; i++) {
+		ferry_buf *b = x->bufs[i];
+		if (!b)
+			return ferry__fail(-EINVAL, "ferry_port_post: transfer list bufs[%zu] is NULL", i);
+		if (ferry_buf_is_detached(b))
+			return ferry__fail(FERRY_EDETACHED,
+					   "ferry_port_post: transfer list bufs[%zu] is already detached", i);
+		if (ferry_buf_is_shared(b))
+			return ferry__fail(-EINVAL,
+					   "ferry_port_post: transfer list bufs[%zu] is a shared buffer (shared, not transferred)", i);
+		for (size_t j = 0; j < i; j++)
+			if (x->bufs[j] == b)
+				return ferry__fail(-EINVAL,
+						   "ferry_port_post: transfer list names the same buffer twice (bufs[%zu] and bufs[%zu])", j, i);
+	}
+	for (size_t i = 0; i < x->nports; i++) {
+		ferry_port *q = x->ports[i];
+		if (!q)
+			return ferry__fail(-EINVAL, "ferry_port_post: transfer list ports[%zu] is NULL", i);
+		if (q == p)
+			return ferry__fail(-EINVAL, "ferry_port_post: transfer list ports[%zu] is the sending port itself", i);
+		if (q->detached)
+			return ferry__fail(FERRY_EDETACHED,
+					   "ferry_port_post: transfer list ports[%zu] is already detached", i);
+		if (ferry__port_closed(q))
+			return ferry__fail(-EPIPE, "ferry_port_post: transfer list ports[%zu] is closed", i);
+		if (ferry__port_same_channel(p, q))
+			return ferry__fail(-EINVAL,
+					   "ferry_port_post: transfer list ports[%zu] is the sending port's own peer", i);
+		for (size_t j = 0; j < i; j++)
+			if (x->ports[j] == q)
+				return ferry__fail(-EINVAL,
+						   "ferry_port_post: transfer list names the same port twice (ports[%zu] and ports[%zu])", j, i);
+	}
+	return 0;
+}
+
+static int table_add(struct ferry_clone_handles *t, enum ferry_value_kind kind, void *h)
+{
+	if (t->count == t->cap) {
+		size_t cap = t->cap ? 2 * t->cap : 8;
+		void *n = realloc(t->items, cap * sizeof *t->items);
+		if (!n)
+			return ferry__fail(-ENOMEM, "ferry_port_post: out of memory");
+		t->items = n;
+		t->cap = cap;
+	}
+	t->items[t->count].kind = kind;
+	t->items[t->count].handle = h;
+	t->count++;
+	return 0;
+}
+
+static int in_list(void *const *list, size_t n, const void *h)
+{
+	for (size_t i = 0; i < n; i++)
+		if (list[i] == h)
+			return 1;
+	return 0;
+}
+
+static int in_table(const struct ferry_clone_handles *t, const void *h)
+{
+	for (size_t i = 0; i < t->count; i++)
+		if (t->items[i].handle == h)
+			return 1;
+	return 0;
+}
+
+/* Encode @v into the port's scratch buffer (one sender per port at a time),
+ * or into memory of the exact size when larger, filling the handle table. */
+static int encode(ferry_port *p, const ferry_value *v, struct plan *pl)
+{
+	if (!p->scratch) {
+		p->scratch = malloc(SCRATCH_BYTES);
+		if (!p->scratch)
+			return ferry__fail(-ENOMEM, "ferry_port_post: out of memory");
+	}
+	size_t len;
+	int rc = ferry_clone_encode(v, p->scratch, SCRATCH_BYTES, &len, &pl->table, NULL);
+	if (rc == 0) {
+		pl->cbor_data = p->scratch;
+		pl->cbor_len = len;
+		return 0;
+	}
+	if (rc != -ENOBUFS)
+		return rc;
+	/* Larger than the scratch: encode once more into memory of the exact size. */
+	pl->cbor = malloc(len ? len : 1);
+	if (!pl->cbor)
+		return ferry__fail(-ENOMEM, "ferry_port_post: out of memory for a %zu-byte clone", len);
+	pl->cbor_data = pl->cbor;
+	return ferry_clone_encode(v, pl->cbor, len, &pl->cbor_len, &pl->table, NULL);
+}
+
+static int plan_handles(const struct ferry_xfer *x, struct plan *pl)
+{
+	struct ferry_clone_handles *t = &pl->table;
+	size_t nref = t->count;
+	/* Check what the value references. */
+	for (size_t i = 0; i < nref; i++) {
+		struct ferry_clone_handle *h = &t->items[i];
+		if (h->kind == FERRY_VALUE_PORT) {
+			ferry_port *q = h->handle;
+			if (!x || !in_list((void *const *)x->ports, x->nports, q))
+				return ferry__fail(-EINVAL,
+						   "ferry_port_post: the value references a port that is not in the transfer list");
+			continue;
+		}
+		ferry_buf *b = h->handle;
+		if (ferry_buf_is_detached(b))
+			return ferry__fail(FERRY_EDETACHED, "ferry_port_post: the value references a detached buffer");
+		if (h->kind == FERRY_VALUE_BUF && ferry_buf_is_shared(b))
+			return ferry__fail(-EINVAL,
+					   "ferry_port_post: a shared buffer is referenced as FERRY_VALUE_BUF (use FERRY_VALUE_SHARED)");
+		if (h->kind == FERRY_VALUE_SHARED && !ferry_buf_is_shared(b))
+			return ferry__fail(-EINVAL,
+					   "ferry_port_post: a plain buffer is referenced as FERRY_VALUE_SHARED");
+	}
+	/* Listed but not referenced: they move all the same. */
+	if (x) {
+		for (size_t i = 0; i < x->nbufs; i++)
+			if (!in_table(t, x->bufs[i]) && table_add(t, FERRY_VALUE_BUF, x->bufs[i]))
+				return -ENOMEM;
+		for (size_t i = 0; i < x->nports; i++)
+			if (!in_table(t, x->ports[i]) && table_add(t, FERRY_VALUE_PORT, x->ports[i]))
+				return -ENOMEM;
+	}
+	if (t->count > FERRY_MSG_MAX_HANDLES)
+		return ferry__fail(-EINVAL, "ferry_port_post: %zu handles in one message (most %d)",
+				   t->count, FERRY_MSG_MAX_HANDLES);
+	size_t n = t->count;
+	pl->descs = calloc(n ? n : 1, sizeof *pl->descs);
+	pl->transferred = calloc(n ? n : 1, 1);
+	pl->clone_segs = calloc(n ? n : 1, sizeof *pl->clone_segs);
+	if (!pl->descs || !pl->transferred || !pl->clone_segs)
+		return ferry__fail(-ENOMEM, "ferry_port_post: out of memory");
+
+	for (size_t i = 0; i < n; i++) {
+		struct ferry_clone_handle *h = &t->items[i];
+		struct handle_desc *d = &pl->descs[i];
+		if (h->kind == FERRY_VALUE_PORT) {
+			ferry_port *q = h->handle;
+			pl->transferred[i] = 1;
+			d->type = H_PORT;
+			d->len = (uint64_t)q->side;
+			pl->fds[pl->nfds++] = ferry_seg_fd(q->seg);
+			pl->fds[pl->nfds++] = q->sock;
+			continue;
+		}
+		ferry_buf *b = h->handle;
+		size_t len = ferry_buf_len(b);
+		d->len = len;
+		if (h->kind == FERRY_VALUE_SHARED) {
+			d->type = H_SHARED;
+			pl->fds[pl->nfds++] = ferry_seg_fd(ferry__buf_seg(b));
+			continue;
+		}
+		pl->transferred[i] = x && in_list((void *const *)x->bufs, x->nbufs, b);
+		ferry_seg *seg = ferry__buf_seg(b);
+		if (pl->transferred[i] && seg) {
+			d->type = H_BUF_SEG;
+			pl->fds[pl->nfds++] = ferry_seg_fd(seg);
+		} else if (len < FERRY_BUF_SEG_MIN) {
+			d->type = H_BUF_INLINE;
+			d->off = pl->cbor_len + pl->inline_len;
+			pl->inline_len += len;
+		} else {
+			/* A large clone gets a segment of its own: the copy is made
+			 * once, and the receiver maps it. */
+			int rc = ferry_seg_create(&pl->clone_segs[i], len, "ferry-buf");
+			if (rc)
+				return rc;
+			memcpy(ferry_seg_data(pl->clone_segs[i]), ferry_buf_data(b), len);
+			d->type = H_BUF_SEG;
+			pl->fds[pl->nfds++] = ferry_seg_fd(pl->clone_segs[i]);
+		}
+	}
+	return 0;
+}
+
+/* The body: the CBOR, then the inline bytes. */
+static void write_body(unsigned char *dst, const struct plan *pl, const unsigned char *cbor)
+{
+	memcpy(dst, cbor, pl->cbor_len);
+	for (size_t i = 0; i < pl->table.count; i++)
+		if (pl->descs[i].type == H_BUF_INLINE && pl->descs[i].len)
+			memcpy(dst + pl->descs[i].off, ferry_buf_data(pl->table.items[i].handle),
+			       pl->descs[i].len);
+}
+
+static int send_fds(ferry_port *p, uint64_t seq, const int *fds, unsigned n, int64_t timeout_ns)
+{
+	for (unsigned i = 0, b = 0; i < n; b++) {
+		unsigned k = n - i < FERRY_FDS_MAX ? n - i : FERRY_FDS_MAX;
+		struct fd_batch bh = { .seq = seq, .index = b, .count = k };
+		int rc = ferry_fds_send(p->sock, &bh, sizeof bh, fds + i, k, timeout_ns);
+		if (rc)
+			return rc;
+		i += k;
+	}
+	return 0;
+}
+
+struct reserve_arg {
+	size_t len;
+	void *where;
+};
+
+static int try_reserve_rec(ferry_port *p, void *arg)
+{
+	struct reserve_arg *a = arg;
+	if (ferry__port_closed(p) || ferry__port_gone(p))
+		return -EPIPE;
+	return ferry_ring_spsc_reserve(p->tx, a->len, &a->where);
+}
+
+FERRY_API int ferry_port_post(ferry_port *p, const ferry_value *v, const struct ferry_xfer *x,
+			      int64_t timeout_ns)
+{
+	if (!p)
+		return ferry__fail(-EINVAL, "ferry_port_post: port is NULL");
+	if (!v)
+		return ferry__fail(-EINVAL, "ferry_port_post: value is NULL");
+	if (p->detached)
+		return ferry__fail(FERRY_EDETACHED, "ferry_port_post: the port was transferred away");
+	if (ferry__port_closed(p))
+		return ferry__fail(-EPIPE, "ferry_port_post: the channel is closed");
+	int rc = check_xfer(p, x);
+	if (rc)
+		return rc;
+
+	int64_t deadline = timeout_ns > 0 ? ferry__now_ns() + timeout_ns : 0;
+	struct plan pl;
+	memset(&pl, 0, sizeof pl);
+	ferry_clone_handles_init(&pl.table);
+	rc = encode(p, v, &pl);
+	if (rc == 0)
+		rc = plan_handles(x, &pl);
+	if (rc) {
+		plan_fini(&pl);
+		return rc;
+	}
+	const unsigned char *cbor = pl.cbor_data;
+	size_t nh = pl.table.count;
+	size_t body_len = pl.cbor_len + pl.inline_len;
+	if (body_len > p->max_message) {
+		plan_fini(&pl);
+		return ferry__fail(-EMSGSIZE, "ferry_port_post: a %zu-byte message exceeds the channel's max_message %zu",
+				   body_len, p->max_message);
+	}
+	size_t head = sizeof(struct wire_hdr) + sizeof(struct clone_hdr) + nh * sizeof(struct handle_desc);
+	size_t rec_len = head + body_len;
+	int spilled = 0;
+	if (rec_len - sizeof(struct wire_hdr) > p->max_msg) {
+		/* Too big for the ring: the body goes into a segment of its own. */
+		if (head - sizeof(struct wire_hdr) > p->max_msg) {
+			plan_fini(&pl);
+			return ferry__fail(-EMSGSIZE, "ferry_port_post: %zu handles do not fit this port's ring", nh);
+		}
+		rc = ferry_seg_create(&pl.spill, body_len ? body_len : 1, "ferry-message");
+		if (rc) {
+			plan_fini(&pl);
+			return rc;
+		}
+		write_body(ferry_seg_data(pl.spill), &pl, cbor);
+		pl.fds[pl.nfds++] = ferry_seg_fd(pl.spill);
+		rec_len = head;
+		spilled = 1;
+	}
+
+	struct reserve_arg ra = { .len = rec_len };
+	rc = ferry__port_wait(p, &p->txd->space_ec, try_reserve_rec, &ra, timeout_ns);
+	if (rc) {
+		plan_fini(&pl);
+		if (rc == -EPIPE)
+			return ferry__fail(rc, "ferry_port_post: the channel is closed%s",
+					   ferry__port_gone(p) ? " (peer process gone)" : "");
+		if (rc == -EAGAIN || rc == -ETIMEDOUT)
+			return ferry__fail(rc, "ferry_port_post: ring full%s",
+					   rc == -ETIMEDOUT ? " until the timeout" : "");
+		return rc;
+	}
+
+	unsigned char *w = ra.where;
+	struct clone_hdr ch = {
+		.nhandles = (uint32_t)nh,
+		.nfds = pl.nfds,
+		.body_len = body_len,
+		.cbor_len = pl.cbor_len,
+		.flags = spilled ? CLONE_SPILLED : 0,
+	};
+	if (pl.nfds) {
+		/* relaxed: only this side writes the counter; the record's commit
+		 * (release) publishes it with the record. */
+		ch.fd_seq = atomic_fetch_add_explicit(&p->txd->fd_seq, 1, memory_order_relaxed) + 1;
+		int64_t left = timeout_ns;
+		if (timeout_ns > 0) {
+			left = deadline - ferry__now_ns();
+			if (left < 0)
+				left = 0;
+		}
+		rc = send_fds(p, ch.fd_seq, pl.fds, pl.nfds, left);
+		if (rc) {
+			struct wire_hdr vh = { .kind = WIRE_VOID };
+			memcpy(w, &vh, sizeof vh);
+			ferry_ring_spsc_commit(p->tx, sizeof vh);
+			ferry_ec_notify(&p->txd->data_ec);
+			plan_fini(&pl);
+			return ferry__fail(rc, "ferry_port_post: passing %u fds failed: %s", ch.nfds,
+					   ferry_strerror(rc));
+		}
+	}
+	struct wire_hdr wh = { .kind = WIRE_CLONE };
+	memcpy(w, &wh, sizeof wh);
+	memcpy(w + sizeof wh, &ch, sizeof ch);
+	memcpy(w + sizeof wh + sizeof ch, pl.descs, nh * sizeof(struct handle_desc));
+	if (!spilled)
+		write_body(w + head, &pl, cbor);
+	ferry_ring_spsc_commit(p->tx, rec_len);
+	ferry_ec_notify(&p->txd->data_ec);
+
+	/* Committed: now the moves take effect. */
+	for (size_t i = 0; i < nh; i++) {
+		if (!pl.transferred[i])
+			continue;
+		if (pl.table.items[i].kind == FERRY_VALUE_PORT)
+			ferry__port_detach(pl.table.items[i].handle);
+		else
+			ferry__buf_detach(pl.table.items[i].handle);
+	}
+	plan_fini(&pl);
+	return 0;
+}
+
+/* ---- receive ---- */
+
+static void close_fds(int *fds, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++)
+		if (fds[i] >= 0) {
+			close(fds[i]);
+			fds[i] = -1;
+		}
+}
+
+/* Collect the @n fds of the record with sequence @seq from the control
+ * socket; they were queued before the record was committed. */
+static int recv_fds(ferry_port *p, uint64_t seq, int *fds, unsigned n)
+{
+	unsigned got = 0, index = 0;
+	while (got < n) {
+		struct fd_batch bh;
+		unsigned k = 0;
+		unsigned want = n - got < FERRY_FDS_MAX ? n - got : FERRY_FDS_MAX;
+		int rc = ferry_fds_recv(p->sock, &bh, sizeof bh, fds + got, want, &k, 0);
+		if (rc == -EAGAIN)
+			return ferry__fail(-EBADMSG, "ferry_port_recv: %u fds announced, %u arrived", n, got);
+		if (rc)
+			return ferry__fail(rc == -EPIPE ? -EBADMSG : rc,
+					   "ferry_port_recv: receiving the message's fds: %s", ferry_strerror(rc));
+		if (bh.seq < seq) { /* left over from a post that failed halfway */
+			close_fds(fds + got, k);
+			continue;
+		}
+		if (bh.seq != seq || bh.index != index || bh.count != k || k != want) {
+			close_fds(fds + got, k);
+			return ferry__fail(-EBADMSG,
+					   "ferry_port_recv: fd batch (seq %llu, index %u, %u fds) does not match the message (seq %llu, index %u, %u fds)",
+					   (unsigned long long)bh.seq, bh.index, k, (unsigned long long)seq, index, want);
+		}
+		got += k;
+		index++;
+	}
+	return 0;
+}
+
+static void free_handles(struct msg_handle *hs, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (hs[i].kept || !hs[i].handle)
+			continue;
+		if (hs[i].kind == FERRY_VALUE_PORT)
+			ferry_port_destroy(hs[i].handle);
+		else
+			ferry_buf_free(hs[i].handle);
+	}
+}
+
+int ferry__msg_decode(ferry_port *p, const unsigned char *rec, size_t len, ferry_msg **out)
+{
+	struct clone_hdr ch;
+	if (len < sizeof ch)
+		return ferry__fail(-EBADMSG, "ferry_port_recv: clone record of %zu bytes is truncated", len);
+	/* Read every shared field once into private memory, then validate the copy. */
+	memcpy(&ch, rec, sizeof ch);
+	rec += sizeof ch;
+	len -= sizeof ch;
+	int fds[MAX_FDS];
+	for (unsigned i = 0; i < MAX_FDS; i++)
+		fds[i] = -1;
+	unsigned nfds = ch.nfds <= MAX_FDS ? ch.nfds : 0;
+	int rc = 0;
+	struct handle_desc *descs = NULL;
+	struct msg_handle *hs = NULL;
+	struct ferry_clone_handle *table = NULL;
+	ferry_seg *spill = NULL;
+	ferry_msg *m = NULL;
+
+	/* Take the fds off the socket first, whatever follows, so that a bad
+	 * record does not leave them queued ahead of the next message's. */
+	if (ch.nfds > MAX_FDS)
+		return ferry__fail(-EBADMSG, "ferry_port_recv: %u fds announced (most %d)", ch.nfds, MAX_FDS);
+	if (nfds && (rc = recv_fds(p, ch.fd_seq, fds, nfds)))
+		return rc;
+
+	if (ch.nhandles > FERRY_MSG_MAX_HANDLES) {
+		rc = ferry__fail(-EBADMSG, "ferry_port_recv: %u handles announced (most %d)", ch.nhandles,
+				 FERRY_MSG_MAX_HANDLES);
+		goto fail;
+	}
+	size_t dlen = (size_t)ch.nhandles * sizeof *descs;
+	if (dlen > len) {
+		rc = ferry__fail(-EBADMSG, "ferry_port_recv: %u handle descriptors overrun the record", ch.nhandles);
+		goto fail;
+	}
+	descs = malloc(dlen ? dlen : 1);
+	hs = calloc(ch.nhandles ? ch.nhandles : 1, sizeof *hs);
+	table = calloc(ch.nhandles ? ch.nhandles : 1, sizeof *table);
+	if (!descs || !hs || !table) {
+		rc = ferry__fail(-ENOMEM, "ferry_port_recv: out of memory");
+		goto fail;
+	}
+	memcpy(descs, rec, dlen);
+	rec += dlen;
+	len -= dlen;
+
+	/* The fds the descriptors need, in order, must add up to what came. */
+	unsigned need = 0;
+	for (uint32_t i = 0; i < ch.nhandles; i++) {
+		if (descs[i].type < H_BUF_INLINE || descs[i].type > H_PORT) {
+			rc = ferry__fail(-EBADMSG, "ferry_port_recv: handle %u has unknown type %u", i, descs[i].type);
+			goto fail;
+		}
+		need += fds_of(descs[i].type);
+	}
+	int spilled = (ch.flags & CLONE_SPILLED) != 0;
+	if (ch.flags & ~CLONE_SPILLED) {
+		rc = ferry__fail(-EBADMSG, "ferry_port_recv: unknown clone flags 0x%x", ch.flags);
+		goto fail;
+	}
+	if (need + (unsigned)spilled != nfds) {
+		rc = ferry__fail(-EBADMSG, "ferry_port_recv: the handles need %u fds, the message has %u",
+				 need + spilled, nfds);
+		goto fail;
+	}
+	if (ch.body_len > p->max_message) {
+		rc = ferry__fail(-EMSGSIZE, "ferry_port_recv: a %llu-byte message exceeds max_message %zu",
+				 (unsigned long long)ch.body_len, p->max_message);
+		goto fail;
+	}
+
+	const unsigned char *body;
+	if (spilled) {
+		if (len != 0) {
+			rc = ferry__fail(-EBADMSG, "ferry_port_recv: spilled message with %zu stray bytes", len);
+			goto fail;
+		}
+		int fd = fds[nfds - 1];
+		fds[nfds - 1] = -1;
+		rc = ferry_seg_import(&spill, fd, ch.body_len ? ch.body_len : 1);
+		if (rc)
+			goto fail;
+		body = ferry_seg_data(spill);
+	} else {
+		if (ch.body_len != len) {
+			rc = ferry__fail(-EBADMSG, "ferry_port_recv: body of %llu bytes in a record with %zu",
+					 (unsigned long long)ch.body_len, len);
+			goto fail;
+		}
+		body = rec;
+	}
+	if (ch.cbor_len > ch.body_len) {
+		rc = ferry__fail(-EBADMSG, "ferry_port_recv: CBOR length %llu past the body (%llu)",
+				 (unsigned long long)ch.cbor_len, (unsigned long long)ch.body_len);
+		goto fail;
+	}
+
+	unsigned fi = 0;
+	for (uint32_t i = 0; i < ch.nhandles; i++) {
+		struct handle_desc *d = &descs[i];
+		ferry_seg *seg = NULL;
+		ferry_buf *b = NULL;
+		switch (d->type) {
+		case H_BUF_INLINE:
+			if (d->off < ch.cbor_len || d->off > ch.body_len || d->len > ch.body_len - d->off) {
+				rc = ferry__fail(-EBADMSG, "ferry_port_recv: inline buffer %u at [%llu, +%llu) outside the body",
+						 i, (unsigned long long)d->off, (unsigned long long)d->len);
+				goto fail;
+			}
+			rc = ferry__buf_from_bytes(&b, body + d->off, d->len);
+			hs[i].kind = FERRY_VALUE_BUF;
+			hs[i].handle = b;
+			break;
+		case H_BUF_SEG:
+		case H_SHARED:
+			if (d->len > FERRY_BUF_MAX) {
+				rc = ferry__fail(-EBADMSG, "ferry_port_recv: buffer %u of %llu bytes", i,
+						 (unsigned long long)d->len);
+				goto fail;
+			}
+			rc = ferry_seg_import(&seg, fds[fi], d->len ? d->len : 1);
+			fds[fi++] = -1;
+			if (rc == 0) {
+				rc = ferry__buf_from_seg(&b, seg, d->len, d->type == H_SHARED);
+				if (rc)
+					ferry_seg_unref(seg);
+			}
+			hs[i].kind = d->type == H_SHARED ? FERRY_VALUE_SHARED : FERRY_VALUE_BUF;
+			hs[i].handle = b;
+			break;
+		case H_PORT: {
+			ferry_port *q = NULL;
+			if (d->len > 1) {
+				rc = ferry__fail(-EBADMSG, "ferry_port_recv: port %u names side %llu", i,
+						 (unsigned long long)d->len);
+				goto fail;
+			}
+			rc = ferry__port_import(&q, fds[fi], fds[fi + 1], (uint32_t)d->len);
+			fds[fi] = fds[fi + 1] = -1;
+			fi += 2;
+			hs[i].kind = FERRY_VALUE_PORT;
+			hs[i].handle = q;
+			break;
+		}
+		}
+		if (rc)
+			goto fail;
+		table[i].kind = hs[i].kind;
+		table[i].handle = hs[i].handle;
+	}
+
+	m = calloc(1, sizeof *m);
+	if (!m) {
+		rc = ferry__fail(-ENOMEM, "ferry_port_recv: out of memory");
+		goto fail;
+	}
+	struct ferry_clone_decode_opts dopts = { .handles = table, .nhandles = ch.nhandles };
+	rc = ferry_clone_decode(body, ch.cbor_len, &dopts, &m->value);
+	if (rc) {
+		/* messageerror: this message is consumed, the next one is fine. */
+		rc = ferry__fail(rc, "ferry_port_recv: the message does not decode (consumed): %s",
+				 ferry_errmsg());
+		goto fail;
+	}
+	m->handles = hs;
+	m->nhandles = ch.nhandles;
+	ferry_seg_unref(spill);
+	free(descs);
+	free(table);
+	*out = m;
+	return 0;
+
+fail:
+	if (hs)
+		free_handles(hs, ch.nhandles <= FERRY_MSG_MAX_HANDLES ? ch.nhandles : 0);
+	close_fds(fds, nfds);
+	ferry_seg_unref(spill);
+	free(descs);
+	free(hs);
+	free(table);
+	free(m);
+	return rc;
+}
+
+/* ---- the message ---- */
+
+FERRY_API const ferry_value *ferry_msg_value(const ferry_msg *m)
+{
+	return m ? m->value : NULL;
+}
+
+FERRY_API ferry_value *ferry_msg_take_value(ferry_msg *m)
+{
+	if (!m)
+		return NULL;
+	ferry_value *v = m->value;
+	m->value = NULL;
+	return v;
+}
+
+FERRY_API int ferry_msg_keep(ferry_msg *m, const void *handle)
+{
+	if (!m || !handle)
+		return ferry__fail(-EINVAL, "ferry_msg_keep: %s is NULL", !m ? "msg" : "handle");
+	for (size_t i = 0; i < m->nhandles; i++)
+		if (m->handles[i].handle == handle) {
+			m->handles[i].kept = 1;
+			return 0;
+		}
+	return ferry__fail(-ENOENT, "ferry_msg_keep: the handle did not come with this message");
+}
+
+FERRY_API size_t ferry_msg_nports(const ferry_msg *m)
+{
+	size_t n = 0;
+	for (size_t i = 0; m && i < m->nhandles; i++)
+		n += m->handles[i].kind == FERRY_VALUE_PORT;
+	return n;
+}
+
+FERRY_API ferry_port *ferry_msg_port(const ferry_msg *m, size_t i)
+{
+	for (size_t k = 0; m && k < m->nhandles; k++)
+		if (m->handles[k].kind == FERRY_VALUE_PORT && i-- == 0)
+			return m->handles[k].handle;
+	return NULL;
+}
+
+FERRY_API void ferry_msg_free(ferry_msg *m)
+{
+	if (!m)
+		return;
+	if (m->handles) {
+		free_handles(m->handles, m->nhandles);
+		free(m->handles);
+	}
+	ferry_value_free(m->value);
+	free(m);
+}

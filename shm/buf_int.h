@@ -1,0 +1,21 @@
+/* shm/buf_int.h - internal: what ports/ needs to move buffers. */
+#ifndef FERRY_BUF_INT_H
+#define FERRY_BUF_INT_H
+
+#include "ferry/buf.h"
+#include "ferry/seg.h"
+
+/* The segment behind @buf, or NULL when its bytes live on the heap. */
+ferry_seg *ferry__buf_seg(const ferry_buf *buf);
+
+/* Detach @buf: its memory is released (the segment reference dropped), its
+ * handle stays valid and reports FERRY_EDETACHED. */
+void ferry__buf_detach(ferry_buf *buf);
+
+/* A new handle over @seg (taking the caller's reference), @len bytes of it. */
+int ferry__buf_from_seg(ferry_buf **out, ferry_seg *seg, size_t len, int shared);
+
+/* A new plain buffer holding a copy of @len bytes at @data. */
+int ferry__buf_from_bytes(ferry_buf **out, const void *data, size_t len);
+
+#endif

@@ -1,0 +1,721 @@
+/* Clone messages: values, cloned / transferred / shared buffers, ports in
+ * messages, large messages, errors. Every scenario on both backends. */
+#include <ferry.h>
+
+#include "ports/port_int.h"
+#include "util/util.h"
+
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+static struct tu_baseline base;
+
+static void setup(void)
+{
+	tu_baseline_take(&base);
+}
+
+static void teardown(void)
+{
+	tu_baseline_check(&base);
+}
+
+TestSuite(msg, .init = setup, .fini = teardown, .timeout = 60);
+
+#define T10S (10LL * 1000000000)
+
+static ferry_value *sample_object(void)
+{
+	ferry_value *m = ferry_value_map();
+	ferry_value_map_set(m, "name", ferry_value_str("ferry"));
+	ferry_value_map_set(m, "int", ferry_value_int(INT64_MIN));
+	ferry_value_map_set(m, "max", ferry_value_int(INT64_MAX));
+	ferry_value_map_set(m, "nan", ferry_value_double(NAN));
+	ferry_value_map_set(m, "negzero", ferry_value_double(-0.0));
+	ferry_value_map_set(m, "inf", ferry_value_double(INFINITY));
+	ferry_value_map_set(m, "empty", ferry_value_str(""));
+	ferry_value_map_set(m, "bytes", ferry_value_bytes("\0\1\2", 3));
+	ferry_value *arr = ferry_value_array();
+	for (int i = 0; i < 10; i++)
+		ferry_value_array_push(arr, ferry_value_int(i));
+	ferry_value_map_set(m, "list", arr);
+	ferry_value_map_set(m, "again", arr);   /* shared reference */
+	ferry_value_map_set(m, "self", m);      /* cycle */
+	ferry_value_map_set(m, "t", ferry_value_bool(true));
+	ferry_value_map_set(m, "nil", ferry_value_null());
+	return m;
+}
+
+static ferry_msg *recv_ok(ferry_port *p)
+{
+	ferry_msg *m = NULL;
+	int rc = ferry_port_recv(p, &m, T10S);
+	cr_assert_eq(rc, 0, "recv: %d %s", rc, ferry_errmsg());
+	return m;
+}
+
+/* ---- worker side: operations chosen by a small command protocol ---- */
+
+/* Echo every message back as it came: the value with its buffers cloned,
+ * transferred buffers transferred back, shared ones shared, ports echoed
+ * back as ports (transferred). Stops at -EPIPE or a null value. */
+static int echo_values(ferry_worker_ctx *ctx)
+{
+	ferry_port *p = ferry_worker_ctx_port(ctx);
+	for (;;) {
+		ferry_msg *m;
+		int rc = ferry_port_recv(p, &m, FERRY_FOREVER);
+		if (rc == -EPIPE)
+			return 0;
+		if (rc == -EBADMSG) {
+			/* messageerror: say so and go on */
+			ferry_port_post_bytes(p, "messageerror", 12, FERRY_FOREVER);
+			continue;
+		}
+		if (rc)
+			return 10;
+		const ferry_value *v = ferry_msg_value(m);
+		if (!v) { /* raw bytes: echo */
+			ferry_port_post_bytes(p, ferry_msg_data(m), ferry_msg_len(m), FERRY_FOREVER);
+			ferry_msg_free(m);
+			continue;
+		}
+		if (ferry_value_kind(v) == FERRY_VALUE_NULL) {
+			ferry_msg_free(m);
+			return 0;
+		}
+		/* Transfer back every plain buffer and port that came with it. */
+		ferry_buf *bufs[FERRY_MSG_MAX_HANDLES];
+		ferry_port *ports[FERRY_MSG_MAX_HANDLES];
+		size_t nb = 0, np = 0;
+		for (size_t i = 0; i < m->nhandles; i++) {
+			if (m->handles[i].kind == FERRY_VALUE_BUF)
+				bufs[nb++] = m->handles[i].handle;
+			else if (m->handles[i].kind == FERRY_VALUE_PORT)
+				ports[np++] = m->handles[i].handle;
+		}
+		struct ferry_xfer x = { .bufs = bufs, .nbufs = nb, .ports = ports, .nports = np };
+		rc = ferry_port_post(p, v, &x, FERRY_FOREVER);
+		ferry_msg_free(m);
+		if (rc)
+			return 11;
+	}
+}
+
+static ferry_worker *spawn(int backend, ferry_worker_fn fn)
+{
+	struct ferry_worker_opts o = { .backend = backend, .entry = fn };
+	ferry_worker *w;
+	cr_assert_eq(ferry_worker_spawn(&w, &o), 0, "%s", ferry_errmsg());
+	return w;
+}
+
+static void finish(ferry_worker *w)
+{
+	ferry_value *nul = ferry_value_null();
+	cr_assert_eq(ferry_port_post(ferry_worker_port(w), nul, NULL, T10S), 0, "%s", ferry_errmsg());
+	ferry_value_free(nul);
+	struct ferry_worker_status st;
+	cr_assert_eq(ferry_worker_join(w, &st, T10S), 0);
+	cr_assert_eq(st.code, 0, "worker exit %d signal %d", st.code, st.signal);
+	ferry_worker_destroy(w);
+}
+
+/* ---- clone of plain values ---- */
+
+static void clone_round_trip(int backend)
+{
+	ferry_worker *w = spawn(backend, echo_values);
+	ferry_port *p = ferry_worker_port(w);
+	ferry_value *v = sample_object();
+	for (int i = 0; i < 100; i++) {
+		cr_assert_eq(ferry_port_post(p, v, NULL, T10S), 0, "%s", ferry_errmsg());
+		ferry_msg *m = recv_ok(p);
+		const ferry_value *got = ferry_msg_value(m);
+		cr_assert(ferry_value_equal(v, got), "the clone differs");
+		cr_assert_eq(ferry_value_map_get(got, "self"), got, "the cycle did not survive");
+		cr_assert_eq(ferry_value_map_get(got, "list"), ferry_value_map_get(got, "again"),
+			     "the shared reference did not survive");
+		cr_assert_null(ferry_msg_data(m));
+		cr_assert_eq(ferry_msg_len(m), 0);
+		ferry_msg_free(m);
+	}
+	ferry_value_free(v);
+	finish(w);
+}
+
+Test(msg, clone_round_trip_thread) { clone_round_trip(FERRY_THREAD); }
+Test(msg, clone_round_trip_process) { clone_round_trip(FERRY_PROCESS); }
+
+Test(msg, take_value_outlives_message)
+{
+	ferry_port *a, *b;
+	cr_assert_eq(ferry_channel(&a, &b, NULL), 0);
+	ferry_value *v = sample_object();
+	cr_assert_eq(ferry_port_post(a, v, NULL, 0), 0);
+	ferry_msg *m = recv_ok(b);
+	ferry_value *mine = ferry_msg_take_value(m);
+	cr_assert_null(ferry_msg_value(m));
+	ferry_msg_free(m);
+	cr_assert(ferry_value_equal(v, mine));
+	ferry_value_free(mine);
+	ferry_value_free(v);
+	ferry_port_destroy(a);
+	ferry_port_destroy(b);
+}
+
+/* ---- buffers: clone, transfer, shared ---- */
+
+static void fill(ferry_buf *b, unsigned seed)
+{
+	unsigned char *d = ferry_buf_data(b);
+	for (size_t i = 0; i < ferry_buf_len(b); i++)
+		d[i] = (unsigned char)(i * 31 + seed);
+}
+
+static int check(const ferry_buf *b, size_t len, unsigned seed)
+{
+	if (ferry_buf_len(b) != len)
+		return 0;
+	const unsigned char *d = ferry_buf_data(b);
+	for (size_t i = 0; i < len; i++)
+		if (d[i] != (unsigned char)(i * 31 + seed))
+			return 0;
+	return 1;
+}
+
+static ferry_buf *buf_of(const ferry_value *v)
+{
+	enum ferry_value_kind k;
+	ferry_buf *b = ferry_value_get_handle(v, &k);
+	cr_assert_not_null(b);
+	return b;
+}
+
+static void buffer_clone_and_transfer(int backend, size_t len)
+{
+	ferry_worker *w = spawn(backend, echo_values);
+	ferry_port *p = ferry_worker_port(w);
+
+	/* Clone: the sender keeps its buffer; the copy comes back equal. */
+	ferry_buf *b;
+	cr_assert_eq(ferry_buf_create(&b, len, 0), 0);
+	fill(b, 7);
+	ferry_value *v = ferry_value_handle(FERRY_VALUE_BUF, b);
+	cr_assert_eq(ferry_port_post(p, v, NULL, T10S), 0, "%s", ferry_errmsg());
+	cr_assert_eq(ferry_buf_is_detached(b), 0);
+	cr_assert(check(b, len, 7));
+	ferry_msg *m = recv_ok(p);
+	ferry_buf *back = buf_of(ferry_msg_value(m));
+	cr_assert_neq(back, b);
+	cr_assert(check(back, len, 7), "cloned bytes differ");
+	fill(back, 9); /* the copy is independent */
+	cr_assert(check(b, len, 7));
+	ferry_msg_free(m);
+
+	/* Transfer: the sender's handle is detached; the bytes come back. */
+	ferry_buf *list[] = { b };
+	struct ferry_xfer x = { .bufs = list, .nbufs = 1 };
+	cr_assert_eq(ferry_port_post(p, v, &x, T10S), 0, "%s", ferry_errmsg());
+	cr_assert_eq(ferry_buf_is_detached(b), 1);
+	cr_assert_eq(ferry_buf_len(b), 0);
+	cr_assert_null(ferry_buf_data(b));
+	m = recv_ok(p);
+	back = buf_of(ferry_msg_value(m));
+	cr_assert(check(back, len, 7), "transferred bytes differ");
+	cr_assert_eq(ferry_msg_keep(m, back), 0);
+	ferry_msg_free(m);
+	cr_assert(check(back, len, 7), "a kept buffer outlives its message");
+	ferry_buf_free(back);
+
+	/* A detached buffer cannot be posted again. */
+	cr_assert_eq(ferry_port_post(p, v, NULL, T10S), FERRY_EDETACHED);
+	cr_assert_eq(ferry_port_post(p, v, &x, T10S), FERRY_EDETACHED);
+	ferry_value_free(v);
+	ferry_buf_free(b);
+	finish(w);
+}
+
+Test(msg, buffer_small_thread) { buffer_clone_and_transfer(FERRY_THREAD, 1000); }
+Test(msg, buffer_small_process) { buffer_clone_and_transfer(FERRY_PROCESS, 1000); }
+Test(msg, buffer_empty_thread) { buffer_clone_and_transfer(FERRY_THREAD, 0); }
+Test(msg, buffer_empty_process) { buffer_clone_and_transfer(FERRY_PROCESS, 0); }
+Test(msg, buffer_large_thread) { buffer_clone_and_transfer(FERRY_THREAD, 3 * FERRY_BUF_SEG_MIN + 5); }
+Test(msg, buffer_large_process) { buffer_clone_and_transfer(FERRY_PROCESS, 3 * FERRY_BUF_SEG_MIN + 5); }
+Test(msg, buffer_huge_process) { buffer_clone_and_transfer(FERRY_PROCESS, 16u << 20); }
+
+/* The worker gets shared buffers, bumps a counter in each and notifies. */
+static int shared_bumper(ferry_worker_ctx *ctx)
+{
+	ferry_port *p = ferry_worker_ctx_port(ctx);
+	ferry_msg *m;
+	if (ferry_port_recv(p, &m, FERRY_FOREVER))
+		return 1;
+	const ferry_value *arr = ferry_msg_value(m);
+	for (size_t i = 0; i < ferry_value_len(arr); i++) {
+		enum ferry_value_kind k;
+		ferry_buf *b = ferry_value_get_handle(ferry_value_array_get(arr, i), &k);
+		if (k != FERRY_VALUE_SHARED || !ferry_buf_is_shared(b))
+			return 2;
+		if (ferry_buf_len(b) >= 4) {
+			atomic_fetch_add((_Atomic uint32_t *)ferry_buf_data(b), 1);
+			ferry_notify(ferry_buf_data(b), FERRY_NOTIFY_ALL);
+		}
+	}
+	ferry_msg_free(m);
+	/* the memory outlives this worker */
+	return 0;
+}
+
+static void shared_buffers(int backend)
+{
+	ferry_buf *s1, *s2, *empty;
+	cr_assert_eq(ferry_buf_create(&s1, 4096, FERRY_BUF_SHARED), 0);
+	cr_assert_eq(ferry_buf_create(&s2, 100, FERRY_BUF_SHARED), 0);
+	cr_assert_eq(ferry_buf_create(&empty, 0, FERRY_BUF_SHARED), 0);
+	cr_assert_eq(ferry_buf_len(empty), 0);
+	cr_assert_not_null(ferry_buf_data(empty));
+	ferry_value *arr = ferry_value_array();
+	ferry_value_array_push(arr, ferry_value_handle(FERRY_VALUE_SHARED, s1));
+	ferry_value_array_push(arr, ferry_value_handle(FERRY_VALUE_SHARED, s2));
+	ferry_value_array_push(arr, ferry_value_handle(FERRY_VALUE_SHARED, empty));
+
+	ferry_worker *w = spawn(backend, shared_bumper);
+	cr_assert_eq(ferry_port_post(ferry_worker_port(w), arr, NULL, T10S), 0, "%s", ferry_errmsg());
+	cr_assert_eq(ferry_buf_is_detached(s1), 0, "a shared buffer stays with the sender");
+	uint32_t *w1 = ferry_buf_data(s1), *w2 = ferry_buf_data(s2);
+	/* Atomics.wait on the shared word until the worker bumped it. */
+	while (atomic_load((_Atomic uint32_t *)w1) == 0)
+		ferry_wait(w1, 0, T10S);
+	while (atomic_load((_Atomic uint32_t *)w2) == 0)
+		ferry_wait(w2, 0, T10S);
+	cr_assert_eq(*w1, 1);
+	cr_assert_eq(*w2, 1);
+	struct ferry_worker_status st;
+	cr_assert_eq(ferry_worker_join(w, &st, T10S), 0);
+	cr_assert_eq(st.code, 0, "worker said %d", st.code);
+	ferry_worker_destroy(w);
+	cr_assert_eq(*w1, 1, "the memory outlived the worker");
+	ferry_value_free(arr);
+	ferry_buf_free(s1);
+	ferry_buf_free(s2);
+	ferry_buf_free(empty);
+}
+
+Test(msg, shared_buffers_thread) { shared_buffers(FERRY_THREAD); }
+Test(msg, shared_buffers_process) { shared_buffers(FERRY_PROCESS); }
+
+Test(msg, buffer_bad_arguments)
+{
+	ferry_buf *b = (ferry_buf *)1;
+	cr_assert_eq(ferry_buf_create(NULL, 1, 0), -EINVAL);
+	cr_assert_eq(ferry_buf_create(&b, 1, 0x80), -EINVAL);
+	cr_assert_null(b);
+	cr_assert(strstr(ferry_errmsg(), "flags"), "%s", ferry_errmsg());
+	cr_assert_eq(ferry_buf_create(&b, FERRY_BUF_MAX + 1, 0), -EINVAL);
+	cr_assert_eq(ferry_buf_is_shared(NULL), -EINVAL);
+	cr_assert_eq(ferry_buf_is_detached(NULL), -EINVAL);
+	cr_assert_null(ferry_buf_data(NULL));
+	cr_assert_eq(ferry_buf_len(NULL), 0);
+	ferry_buf_free(NULL);
+	cr_assert_eq(ferry_buf_create(&b, 10, 0), 0);
+	ferry_buf *c;
+	cr_assert_eq(ferry_buf_share(b, &c), -EINVAL, "a plain buffer is not shareable");
+	ferry_buf_free(b);
+	cr_assert_eq(ferry_buf_create(&b, 10, FERRY_BUF_SHARED), 0);
+	cr_assert_eq(ferry_buf_share(b, &c), 0);
+	((char *)ferry_buf_data(b))[3] = 42;
+	cr_assert_eq(((char *)ferry_buf_data(c))[3], 42);
+	ferry_buf_free(b);
+	cr_assert_eq(((char *)ferry_buf_data(c))[3], 42, "memory lives with its last handle");
+	ferry_buf_free(c);
+}
+
+/* ---- transfer list errors leave every handle as it was ---- */
+
+Test(msg, transfer_errors_are_all_or_nothing)
+{
+	ferry_port *a, *b, *c, *d;
+	cr_assert_eq(ferry_channel(&a, &b, NULL), 0);
+	cr_assert_eq(ferry_channel(&c, &d, NULL), 0);
+	ferry_buf *x, *y, *sh, *gone;
+	cr_assert_eq(ferry_buf_create(&x, 100, 0), 0);
+	cr_assert_eq(ferry_buf_create(&y, 1 << 20, 0), 0);
+	cr_assert_eq(ferry_buf_create(&sh, 64, FERRY_BUF_SHARED), 0);
+	cr_assert_eq(ferry_buf_create(&gone, 8, 0), 0);
+	ferry_value *v = ferry_value_array();
+	ferry_value_array_push(v, ferry_value_handle(FERRY_VALUE_BUF, x));
+	ferry_value_array_push(v, ferry_value_handle(FERRY_VALUE_BUF, y));
+
+	/* detach one buffer for real */
+	ferry_buf *g1[] = { gone };
+	struct ferry_xfer gx = { .bufs = g1, .nbufs = 1 };
+	ferry_value *nul = ferry_value_null();
+	cr_assert_eq(ferry_port_post(a, nul, &gx, 0), 0);
+	ferry_msg *m = recv_ok(b);
+	ferry_msg_free(m);
+
+	struct {
+		ferry_buf *bufs[3];
+		size_t nb;
+		ferry_port *ports[2];
+		size_t np;
+		int err;
+		const char *msg;
+	} cases[] = {
+		{ { x, y, x }, 3, { 0 }, 0, -EINVAL, "same buffer twice" },
+		{ { x, gone }, 2, { 0 }, 0, FERRY_EDETACHED, "already detached" },
+		{ { x, sh }, 2, { 0 }, 0, -EINVAL, "shared buffer" },
+		{ { x, NULL }, 2, { 0 }, 0, -EINVAL, "NULL" },
+		{ { x }, 1, { a }, 1, -EINVAL, "sending port itself" },
+		{ { x }, 1, { b }, 1, -EINVAL, "own peer" },
+		{ { x }, 1, { c, c }, 2, -EINVAL, "same port twice" },
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		struct ferry_xfer xf = { .bufs = cases[i].bufs, .nbufs = cases[i].nb,
+					 .ports = cases[i].ports, .nports = cases[i].np };
+		int rc = ferry_port_post(a, v, &xf, 0);
+		cr_assert_eq(rc, cases[i].err, "case %zu: %d %s", i, rc, ferry_errmsg());
+		cr_assert(strstr(ferry_errmsg(), cases[i].msg), "case %zu: %s", i, ferry_errmsg());
+		cr_assert_eq(ferry_buf_is_detached(x), 0, "case %zu detached x", i);
+		cr_assert_eq(ferry_buf_is_detached(y), 0, "case %zu detached y", i);
+		cr_assert_eq(ferry_buf_len(y), 1u << 20);
+		cr_assert_eq(c->detached, 0);
+	}
+	/* A port the value references but the list does not name. */
+	ferry_value *pv = ferry_value_handle(FERRY_VALUE_PORT, c);
+	cr_assert_eq(ferry_port_post(a, pv, NULL, 0), -EINVAL);
+	cr_assert(strstr(ferry_errmsg(), "not in the transfer list"), "%s", ferry_errmsg());
+	/* A buffer referenced with the wrong kind. */
+	ferry_value *wrong = ferry_value_handle(FERRY_VALUE_BUF, sh);
+	cr_assert_eq(ferry_port_post(a, wrong, NULL, 0), -EINVAL);
+	ferry_value *wrong2 = ferry_value_handle(FERRY_VALUE_SHARED, x);
+	cr_assert_eq(ferry_port_post(a, wrong2, NULL, 0), -EINVAL);
+	/* A closed port in the list. */
+	ferry_port_close(d);
+	ferry_port *cl[] = { c };
+	struct ferry_xfer cx = { .ports = cl, .nports = 1 };
+	ferry_port_close(c);
+	cr_assert_eq(ferry_port_post(a, pv, &cx, 0), -EPIPE);
+	/* Bad arguments. */
+	cr_assert_eq(ferry_port_post(NULL, v, NULL, 0), -EINVAL);
+	cr_assert_eq(ferry_port_post(a, NULL, NULL, 0), -EINVAL);
+	struct ferry_xfer bad = { .nbufs = 2 };
+	cr_assert_eq(ferry_port_post(a, v, &bad, 0), -EINVAL);
+	/* Nothing reached the receiver. */
+	cr_assert_eq(ferry_port_recv(b, &m, 0), -EAGAIN);
+	/* And the good post still works afterwards. */
+	ferry_buf *ok[] = { x, y };
+	struct ferry_xfer okx = { .bufs = ok, .nbufs = 2 };
+	cr_assert_eq(ferry_port_post(a, v, &okx, 0), 0, "%s", ferry_errmsg());
+	cr_assert_eq(ferry_buf_is_detached(x), 1);
+	cr_assert_eq(ferry_buf_is_detached(y), 1);
+	m = recv_ok(b);
+	ferry_msg_free(m);
+
+	ferry_value_free(v);
+	ferry_value_free(nul);
+	ferry_value_free(pv);
+	ferry_value_free(wrong);
+	ferry_value_free(wrong2);
+	ferry_buf_free(x);
+	ferry_buf_free(y);
+	ferry_buf_free(sh);
+	ferry_buf_free(gone);
+	ferry_port_destroy(a);
+	ferry_port_destroy(b);
+	ferry_port_destroy(c);
+	ferry_port_destroy(d);
+}
+
+/* ---- ports inside messages ---- */
+
+/* Receives a port, reads the 3 messages queued on it, answers on it, and
+ * passes it back to the parent. */
+static int port_user(ferry_worker_ctx *ctx)
+{
+	ferry_port *p = ferry_worker_ctx_port(ctx);
+	ferry_msg *m;
+	if (ferry_port_recv(p, &m, FERRY_FOREVER))
+		return 1;
+	if (ferry_msg_nports(m) != 1)
+		return 2;
+	ferry_port *q = ferry_msg_port(m, 0);
+	ferry_msg_keep(m, q);
+	ferry_msg_free(m);
+	for (int i = 0; i < 3; i++) {
+		ferry_msg *r;
+		if (ferry_port_recv(q, &r, FERRY_FOREVER) || ferry_msg_len(r) != sizeof i ||
+		    memcmp(ferry_msg_data(r), &i, sizeof i))
+			return 3;
+		ferry_msg_free(r);
+	}
+	if (ferry_port_post_bytes(q, "from worker", 11, FERRY_FOREVER))
+		return 4;
+	/* Send it home, referenced by the value. */
+	ferry_value *v = ferry_value_handle(FERRY_VALUE_PORT, q);
+	struct ferry_xfer x = { .ports = &q, .nports = 1 };
+	int rc = ferry_port_post(p, v, &x, FERRY_FOREVER);
+	ferry_value_free(v);
+	ferry_port_destroy(q);
+	return rc ? 5 : 0;
+}
+
+static void port_travels(int backend)
+{
+	ferry_port *keep, *send;
+	cr_assert_eq(ferry_channel(&keep, &send, NULL), 0);
+	/* Messages queued for the port before it moves go with it. */
+	for (int i = 0; i < 3; i++)
+		cr_assert_eq(ferry_port_post_bytes(keep, &i, sizeof i, 0), 0);
+	ferry_worker *w = spawn(backend, port_user);
+	ferry_value *nul = ferry_value_null();
+	struct ferry_xfer x = { .ports = &send, .nports = 1 };
+	cr_assert_eq(ferry_port_post(ferry_worker_port(w), nul, &x, T10S), 0, "%s", ferry_errmsg());
+	/* The sender's handle is detached. */
+	cr_assert_eq(ferry_port_post_bytes(send, "x", 1, 0), FERRY_EDETACHED);
+	ferry_msg *m;
+	cr_assert_eq(ferry_port_recv(send, &m, 0), FERRY_EDETACHED);
+
+	m = recv_ok(keep);
+	cr_assert_eq(ferry_msg_len(m), 11);
+	cr_assert_eq(memcmp(ferry_msg_data(m), "from worker", 11), 0);
+	ferry_msg_free(m);
+
+	m = recv_ok(ferry_worker_port(w));
+	enum ferry_value_kind k;
+	ferry_port *home = ferry_value_get_handle(ferry_msg_value(m), &k);
+	cr_assert_eq(k, FERRY_VALUE_PORT);
+	cr_assert_eq(ferry_msg_port(m, 0), home);
+	cr_assert_eq(ferry_msg_keep(m, home), 0);
+	ferry_msg_free(m);
+	cr_assert_eq(ferry_port_post_bytes(home, "back", 4, 0), 0);
+	m = recv_ok(keep);
+	cr_assert_eq(ferry_msg_len(m), 4);
+	ferry_msg_free(m);
+
+	struct ferry_worker_status st;
+	cr_assert_eq(ferry_worker_join(w, &st, T10S), 0);
+	cr_assert_eq(st.code, 0, "worker said %d", st.code);
+	ferry_worker_destroy(w);
+	ferry_port_destroy(home);
+	/* home's channel end was destroyed: keep sees the close. */
+	cr_assert_eq(ferry_port_recv(keep, &m, T10S), -EPIPE);
+	ferry_port_destroy(keep);
+	ferry_port_destroy(send);
+	ferry_value_free(nul);
+}
+
+Test(msg, port_travels_to_thread_and_back) { port_travels(FERRY_THREAD); }
+Test(msg, port_travels_to_process_and_back) { port_travels(FERRY_PROCESS); }
+
+/* A relay: takes a port from its parent and hands it to a worker of the
+ * other backend, which uses it; messages are in flight all along. */
+static int hop_leaf(ferry_worker_ctx *ctx)
+{
+	ferry_msg *m;
+	if (ferry_port_recv(ferry_worker_ctx_port(ctx), &m, FERRY_FOREVER))
+		return 1;
+	ferry_port *q = ferry_msg_port(m, 0);
+	if (!q)
+		return 2;
+	for (int i = 0; i < 100; i++) {
+		ferry_msg *r;
+		if (ferry_port_recv(q, &r, FERRY_FOREVER) || *(const int *)ferry_msg_data(r) != i)
+			return 3;
+		ferry_msg_free(r);
+		if (ferry_port_post_bytes(q, &i, sizeof i, FERRY_FOREVER))
+			return 4;
+	}
+	ferry_msg_free(m); /* frees q: the channel closes */
+	return 0;
+}
+
+static int hop_relay(ferry_worker_ctx *ctx)
+{
+	ferry_msg *m;
+	if (ferry_port_recv(ferry_worker_ctx_port(ctx), &m, FERRY_FOREVER))
+		return 1;
+	ferry_port *q = ferry_msg_port(m, 0);
+	int other = ferry_worker_ctx_backend(ctx) == FERRY_THREAD ? FERRY_PROCESS : FERRY_THREAD;
+	struct ferry_worker_opts o = { .backend = other, .entry = hop_leaf };
+	ferry_worker *leaf;
+	if (ferry_worker_spawn(&leaf, &o))
+		return 2;
+	ferry_value *nul = ferry_value_null();
+	struct ferry_xfer x = { .ports = &q, .nports = 1 };
+	int rc = ferry_port_post(ferry_worker_port(leaf), nul, &x, FERRY_FOREVER);
+	ferry_value_free(nul);
+	ferry_msg_free(m);
+	if (rc)
+		return 3;
+	struct ferry_worker_status st;
+	if (ferry_worker_join(leaf, &st, FERRY_FOREVER) || st.code || st.signal)
+		return 10 + st.code;
+	ferry_worker_destroy(leaf);
+	return 0;
+}
+
+static void hop(int backend)
+{
+	ferry_port *keep, *send;
+	cr_assert_eq(ferry_channel(&keep, &send, NULL), 0);
+	ferry_worker *w = spawn(backend, hop_relay);
+	/* Half the messages before the port moves, half while it is moving. */
+	for (int i = 0; i < 50; i++)
+		cr_assert_eq(ferry_port_post_bytes(keep, &i, sizeof i, 0), 0);
+	ferry_value *nul = ferry_value_null();
+	struct ferry_xfer x = { .ports = &send, .nports = 1 };
+	cr_assert_eq(ferry_port_post(ferry_worker_port(w), nul, &x, T10S), 0, "%s", ferry_errmsg());
+	for (int i = 50; i < 100; i++)
+		cr_assert_eq(ferry_port_post_bytes(keep, &i, sizeof i, T10S), 0);
+	for (int i = 0; i < 100; i++) {
+		ferry_msg *m = recv_ok(keep);
+		cr_assert_eq(*(const int *)ferry_msg_data(m), i, "order broken at %d", i);
+		ferry_msg_free(m);
+	}
+	ferry_msg *m;
+	cr_assert_eq(ferry_port_recv(keep, &m, T10S), -EPIPE);
+	struct ferry_worker_status st;
+	cr_assert_eq(ferry_worker_join(w, &st, T10S), 0);
+	cr_assert_eq(st.code, 0, "relay said %d", st.code);
+	ferry_worker_destroy(w);
+	ferry_value_free(nul);
+	ferry_port_destroy(keep);
+	ferry_port_destroy(send);
+}
+
+Test(msg, port_hops_thread_process_thread) { hop(FERRY_THREAD); }
+Test(msg, port_hops_process_thread_process) { hop(FERRY_PROCESS); }
+
+/* ---- large messages ---- */
+
+static void large_clone(int backend)
+{
+	ferry_worker *w = spawn(backend, echo_values);
+	ferry_port *p = ferry_worker_port(w);
+	size_t n = 3u << 20; /* far above the ring's record limit */
+	ferry_value *v = ferry_value_map();
+	ferry_value *bytes = ferry_value_bytes(NULL, n);
+	unsigned char *d = ferry_value_get_bytes(bytes, NULL);
+	for (size_t i = 0; i < n; i++)
+		d[i] = (unsigned char)(i * 13);
+	ferry_value_map_set(v, "blob", bytes);
+	ferry_value_map_set(v, "tag", ferry_value_str("large"));
+	cr_assert_gt(n, ferry_port_max_message(p));
+	cr_assert_eq(ferry_port_post(p, v, NULL, T10S), 0, "%s", ferry_errmsg());
+	ferry_msg *m = recv_ok(p);
+	cr_assert(ferry_value_equal(v, ferry_msg_value(m)), "the large clone differs");
+	ferry_msg_free(m);
+	ferry_value_free(v);
+	finish(w);
+}
+
+Test(msg, large_clone_thread) { large_clone(FERRY_THREAD); }
+Test(msg, large_clone_process) { large_clone(FERRY_PROCESS); }
+
+Test(msg, max_message_limits_clones)
+{
+	ferry_port *a, *b;
+	struct ferry_channel_opts o = { .max_message = 1000 };
+	cr_assert_eq(ferry_channel(&a, &b, &o), 0);
+	ferry_value *small = ferry_value_bytes(NULL, 100);
+	ferry_value *big = ferry_value_bytes(NULL, 5000);
+	cr_assert_eq(ferry_port_post(a, small, NULL, 0), 0);
+	cr_assert_eq(ferry_port_post(a, big, NULL, 0), -EMSGSIZE);
+	cr_assert(strstr(ferry_errmsg(), "max_message"), "%s", ferry_errmsg());
+	ferry_msg *m = recv_ok(b);
+	ferry_msg_free(m);
+	cr_assert_eq(ferry_port_recv(b, &m, 0), -EAGAIN);
+	ferry_value_free(small);
+	ferry_value_free(big);
+	ferry_port_destroy(a);
+	ferry_port_destroy(b);
+}
+
+/* ---- a message that does not decode: messageerror, then the next ---- */
+
+static void post_garbage(ferry_port *a, const void *body, size_t len)
+{
+	void *w;
+	cr_assert_eq(ferry_ring_spsc_reserve(a->tx, sizeof(struct wire_hdr) + len, &w), 0);
+	struct wire_hdr wh = { .kind = WIRE_CLONE };
+	memcpy(w, &wh, sizeof wh);
+	memcpy((char *)w + sizeof wh, body, len);
+	ferry_ring_spsc_commit(a->tx, sizeof wh + len);
+	ferry_ec_notify(&a->txd->data_ec);
+}
+
+Test(msg, malformed_clone_is_messageerror_then_next_arrives)
+{
+	ferry_port *a, *b;
+	cr_assert_eq(ferry_channel(&a, &b, NULL), 0);
+	unsigned char junk[200];
+	for (size_t i = 0; i < sizeof junk; i++)
+		junk[i] = (unsigned char)(i * 97 + 3);
+	/* a header claiming absurd counts, a truncated header, random bytes,
+	 * a valid header with broken CBOR, and announced fds that never came */
+	uint32_t hdr[10] = { 0 };
+	post_garbage(a, junk, 5);
+	post_garbage(a, junk, sizeof junk);
+	hdr[0] = 2000000; /* nhandles */
+	post_garbage(a, hdr, sizeof hdr);
+	memset(hdr, 0, sizeof hdr);
+	hdr[6] = 4; /* cbor_len 4 of a body of 4 */
+	hdr[4] = 4;
+	unsigned char bad_cbor[sizeof hdr + 4];
+	memcpy(bad_cbor, hdr, sizeof hdr);
+	memcpy(bad_cbor + sizeof hdr, "\xff\xff\xff\xff", 4);
+	post_garbage(a, bad_cbor, sizeof bad_cbor);
+	memset(hdr, 0, sizeof hdr);
+	hdr[1] = 3; /* nfds */
+	hdr[2] = 1; /* fd_seq */
+	post_garbage(a, hdr, sizeof hdr);
+
+	ferry_value *ok = ferry_value_str("still fine");
+	cr_assert_eq(ferry_port_post(a, ok, NULL, 0), 0);
+	ferry_msg *m;
+	for (int i = 0; i < 5; i++) {
+		int rc = ferry_port_recv(b, &m, 0);
+		cr_assert_eq(rc, -EBADMSG, "garbage %d: %d %s", i, rc, ferry_errmsg());
+		cr_assert(strlen(ferry_errmsg()) > 0);
+		cr_assert_null(m);
+	}
+	m = recv_ok(b);
+	cr_assert(ferry_value_equal(ok, ferry_msg_value(m)));
+	ferry_msg_free(m);
+	ferry_value_free(ok);
+	ferry_port_destroy(a);
+	ferry_port_destroy(b);
+}
+
+Test(msg, raw_and_clone_interleave_in_order)
+{
+	ferry_port *a, *b;
+	cr_assert_eq(ferry_channel(&a, &b, NULL), 0);
+	for (int i = 0; i < 50; i++) {
+		if (i % 2) {
+			cr_assert_eq(ferry_port_post_bytes(a, &i, sizeof i, 0), 0);
+		} else {
+			ferry_value *v = ferry_value_int(i);
+			cr_assert_eq(ferry_port_post(a, v, NULL, 0), 0);
+			ferry_value_free(v);
+		}
+	}
+	for (int i = 0; i < 50; i++) {
+		ferry_msg *m = recv_ok(b);
+		int64_t got;
+		if (i % 2)
+			got = *(const int *)ferry_msg_data(m);
+		else
+			cr_assert_eq(ferry_value_get_int(ferry_msg_value(m), &got), 0);
+		cr_assert_eq(got, i);
+		ferry_msg_free(m);
+	}
+	ferry_port_destroy(a);
+	ferry_port_destroy(b);
+}
