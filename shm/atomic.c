@@ -20,7 +20,9 @@
  *  - EINTR (a signal handler ran): absorbed. We re-enter the wait with the
  *    same absolute CLOCK_MONOTONIC deadline (FUTEX_WAIT_BITSET), so signals
  *    never extend or shorten the timeout; past the deadline we return
- *    -ETIMEDOUT without re-entering.
+ *    -ETIMEDOUT without re-entering. A notify that comes while the handler
+ *    runs finds nobody and does not count us; if the word is unchanged we
+ *    sleep on, as an Atomics.wait that began just after that notify would.
  *  - EAGAIN on re-entry after EINTR (the word changed while we were out of
  *    the kernel's queue running the handler): we return -EAGAIN. Re-entering
  *    is a fresh "check the word, then queue" step, and -EAGAIN means exactly
@@ -32,12 +34,16 @@
  *  - ETIMEDOUT: -ETIMEDOUT. The kernel resolves a wake racing the timeout in
  *    favour of the wake (we return 0 and were counted), never both.
  *
+ * Waiter and notifier must use the same variant: a private futex and a
+ * shared one on the same word have different kernel keys and never meet.
+ *
  * Memory ordering around the syscall: the kernel's futex paths are full
  * barriers (hash-bucket lock, smp_mb on both sides), so a waiter returning 0
  * sees what the notifier wrote before notifying. C11 does not model that;
  * code that needs a formal happens-before re-reads its atomic with acquire.
  */
 #include "ferry/atomic.h"
+#include "shm/cancel.h"
 #include "shm/err.h"
 
 #include <assert.h>
@@ -129,14 +135,35 @@ static int wait_word(uint32_t *word, uint32_t expected, int64_t timeout_ns, int 
 	 * ferry__now_ns), so a retry after EINTR keeps the original deadline. */
 	const int op = FUTEX_WAIT_BITSET | flags;
 	for (;;) {
-		if (sys_futex(word, op, expected, absp, FUTEX_BITSET_MATCH_ANY) == 0)
+		/* A thread worker that may be terminated sleeps in slices and
+		 * looks at its stop flag between them (shm/cancel.h). */
+		struct timespec slice, *sp = absp;
+		int sliced = 0;
+		if (ferry__cancel_flag) {
+			ferry__cancel_point();
+			int64_t until = ferry__now_ns() + FERRY_CANCEL_SLICE_NS;
+			if (deadline < 0 || until < deadline) {
+				slice.tv_sec = (time_t)(until / 1000000000);
+				slice.tv_nsec = (long)(until % 1000000000);
+				sp = &slice;
+				sliced = 1;
+			}
+		}
+		if (sys_futex(word, op, expected, sp, FUTEX_BITSET_MATCH_ANY) == 0)
 			return 0;
 		int e = errno;
+		if (e == ETIMEDOUT && sliced)
+			continue; /* the slice ended, not the wait */
 		switch (e) {
-		case EINTR:
-			if (deadline >= 0 && ferry__now_ns() >= deadline)
+		case EINTR: {
+			/* Read the clock even without a deadline: under TSan, an
+			 * intercepted call is where the deferred signal handler
+			 * runs, and the handler may be what changes the word. */
+			int64_t now = ferry__now_ns();
+			if (deadline >= 0 && now >= deadline)
 				return -ETIMEDOUT;
 			continue;
+		}
 		case EAGAIN:
 			return -EAGAIN;
 		case ETIMEDOUT:

@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -75,6 +76,7 @@ struct arena {
 	struct slot {
 		struct arena *a;
 		int i;
+		pid_t parent;
 	} slots[NWAITERS];
 };
 
@@ -103,6 +105,16 @@ static int waiter(void *arg)
 	return r == 0 ? 0 : 1;
 }
 
+/* A waiter process dies with its test, even when the test fails or times
+ * out before it could reap it. */
+static int waiter_process(void *arg)
+{
+	struct slot *s = arg;
+	if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != s->parent)
+		return 99;
+	return waiter(arg);
+}
+
 static void *waiter_thread(void *arg)
 {
 	waiter(arg);
@@ -118,11 +130,11 @@ static void crew_start(struct crew *c, enum backend be, int n, int priv, int64_t
 	c->a->priv = priv;
 	c->a->timeout_ns = timeout_ns;
 	for (int i = 0; i < n; i++) {
-		c->a->slots[i] = (struct slot){ c->a, i };
+		c->a->slots[i] = (struct slot){ c->a, i, getpid() };
 		if (be == THREADS)
 			cr_assert_eq(pthread_create(&c->th[i], NULL, waiter_thread, &c->a->slots[i]), 0);
 		else
-			c->pid[i] = tu_fork(waiter, &c->a->slots[i]);
+			c->pid[i] = tu_fork(waiter_process, &c->a->slots[i]);
 	}
 }
 
@@ -147,11 +159,12 @@ static int crew_notify(struct crew *c, int32_t count)
 			  : ferry_notify(&c->a->word, count);
 }
 
-/* Notify until @want waiters in total were woken; returns the total woken. */
+/* Notify until @want waiters in total were woken, or every waiter already
+ * left (a failure the caller reports); returns the total woken. */
 static int crew_release(struct crew *c, int want)
 {
 	int total = 0;
-	while (total < want) {
+	while (total < want && crew_done(c) < c->n) {
 		int r = crew_notify(c, FERRY_NOTIFY_ALL);
 		cr_assert_geq(r, 0, "notify: %d", r);
 		total += r;

@@ -6,8 +6,10 @@
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -64,6 +66,7 @@ struct runner {
 	pid_t pid;
 	int (*fn)(void *);
 	void *arg;
+	pid_t parent;
 	int rc;
 };
 
@@ -74,13 +77,23 @@ static void *runner_main(void *p)
 	return NULL;
 }
 
+/* The child dies with its test, even when the test fails or times out
+ * before it could reap it. */
+static int child_main(void *p)
+{
+	struct runner *r = p;
+	if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != r->parent)
+		return 99;
+	return r->fn(r->arg);
+}
+
 static void start(struct runner *r, enum backend be, int (*fn)(void *), void *arg)
 {
-	*r = (struct runner){ .be = be, .fn = fn, .arg = arg };
+	*r = (struct runner){ .be = be, .fn = fn, .arg = arg, .parent = getpid() };
 	if (be == THREADS)
 		cr_assert_eq(pthread_create(&r->th, NULL, runner_main, r), 0);
 	else
-		r->pid = tu_fork(fn, arg);
+		r->pid = tu_fork(child_main, r);
 }
 
 /* Returns the function's result (the exit status for a process). */

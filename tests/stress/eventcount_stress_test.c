@@ -4,7 +4,11 @@
  * prepare and re-check, between making the condition true and notifying), so
  * notifies land before, between and after the sleeper's steps. A single lost
  * wake-up hangs a round: the suite timeout (or tu_wait for a child) reports
- * it. Each scenario runs for a fixed time, ~18 s in all.
+ * it. Each scenario runs for a fixed time, ~17 s in all.
+ *
+ * The Dekker litmus runs the two halves of the handshake head-on, round after
+ * round, and checks the outcome the fences forbid directly, without relying
+ * on a hang.
  */
 #include "ferry/atomic.h"
 #include "util/util.h"
@@ -13,12 +17,15 @@
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
-#define RUN_NS (4500LL * 1000000) /* per scenario */
+#define RUN_NS (3500LL * 1000000) /* per scenario */
+#define LITMUS_NS (3000LL * 1000000)
 #define NCONSUMERS 3
 
 static int64_t now_ns(void)
@@ -37,6 +44,22 @@ static uint32_t rnd(uint32_t *s)
 	return *s = x;
 }
 
+static void jitter_pause(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+	__builtin_ia32_pause();
+#else
+	__asm__ __volatile__("" ::: "memory");
+#endif
+}
+
+/* 0-15 pauses: lines the two sides of a litmus round up differently. */
+static void short_delay(uint32_t *s)
+{
+	for (uint32_t i = rnd(s) & 15; i > 0; i--)
+		jitter_pause();
+}
+
 /* Nothing, a few pauses, or (rarely) a yield: shifts where the peer lands. */
 static void jitter(uint32_t *s)
 {
@@ -45,13 +68,8 @@ static void jitter(uint32_t *s)
 		sched_yield();
 		return;
 	}
-	for (uint32_t i = (r >> 8) & 63; i > 0; i--) {
-#if defined(__x86_64__) || defined(__i386__)
-		__builtin_ia32_pause();
-#else
-		__asm__ __volatile__("" ::: "memory");
-#endif
-	}
+	for (uint32_t i = (r >> 8) & 63; i > 0; i--)
+		jitter_pause();
 }
 
 /* Block until *@word == @want or *@stop, by the eventcount protocol. */
@@ -82,6 +100,7 @@ struct runner {
 	pid_t pid;
 	int (*fn)(void *);
 	void *arg;
+	pid_t parent;
 };
 
 static void *runner_main(void *p)
@@ -91,15 +110,26 @@ static void *runner_main(void *p)
 	return NULL;
 }
 
+/* The child dies with its test, even when the test fails or times out
+ * before it could reap it. */
+static int child_main(void *p)
+{
+	struct runner *r = p;
+	if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != r->parent)
+		return 99;
+	return r->fn(r->arg);
+}
+
 static void start(struct runner *r, enum backend be, int (*fn)(void *), void *arg)
 {
 	r->be = be;
+	r->parent = getpid();
 	r->fn = fn;
 	r->arg = arg;
 	if (be == THREADS)
 		cr_assert_eq(pthread_create(&r->th, NULL, runner_main, r), 0);
 	else
-		r->pid = tu_fork(fn, arg);
+		r->pid = tu_fork(child_main, r);
 }
 
 static void finish(struct runner *r)
@@ -268,4 +298,84 @@ Test(eventcount_stress, broadcast_threads)
 Test(eventcount_stress, broadcast_processes)
 {
 	broadcast(PROCESSES);
+}
+
+/* ---- Dekker litmus: prepare + re-check against store + notify ---- */
+
+struct litmus {
+	struct ferry_ec ec;
+	uint32_t cond;  /* atomic: the producer's condition */
+	uint32_t start; /* atomic: round the consumer may run */
+	uint32_t done;  /* atomic: round the consumer finished */
+	uint32_t seen;  /* the consumer's re-check result in that round */
+	uint32_t stop;  /* atomic */
+};
+
+static void spin_until(uint32_t *word, uint32_t want, uint32_t *stop)
+{
+	for (uint32_t n = 0;; n++) {
+		/* acquire: pairs with the release stores of the round counters */
+		if (__atomic_load_n(word, __ATOMIC_ACQUIRE) == want ||
+		    (stop && __atomic_load_n(stop, __ATOMIC_ACQUIRE)))
+			return;
+		if ((n & 1023) == 1023)
+			sched_yield(); /* 2 cores shared with others: do not starve the peer */
+		else
+			jitter_pause();
+	}
+}
+
+static void *litmus_consumer(void *p)
+{
+	struct litmus *l = p;
+	uint32_t rng = 0x27d4eb2fu;
+	for (uint32_t round = 1;; round++) {
+		spin_until(&l->start, round, &l->stop);
+		if (__atomic_load_n(&l->stop, __ATOMIC_ACQUIRE))
+			return NULL;
+		short_delay(&rng);
+		ferry_ec_prepare(&l->ec);
+		/* acquire: pairs with the release store of cond in dekker_litmus */
+		l->seen = __atomic_load_n(&l->cond, __ATOMIC_ACQUIRE);
+		/* release: publishes seen; pairs with spin_until(done) */
+		__atomic_store_n(&l->done, round, __ATOMIC_RELEASE);
+	}
+}
+
+Test(eventcount_stress, dekker_litmus_never_loses_both_sides)
+{
+	struct litmus *l = tu_shared_alloc(sizeof *l);
+	pthread_t th;
+	cr_assert_eq(pthread_create(&th, NULL, litmus_consumer, l), 0);
+	uint32_t rng = 0x165667b1u;
+	uint32_t lost = 0, rounds = 0, sleeper_seen = 0;
+	int64_t end = now_ns() + LITMUS_NS;
+	while (now_ns() < end) {
+		uint32_t round = ++rounds;
+		/* relaxed: the consumer is parked until the release store of start */
+		__atomic_store_n(&l->ec.word, 0, __ATOMIC_RELAXED);
+		__atomic_store_n(&l->cond, 0, __ATOMIC_RELAXED);
+		/* release: pairs with spin_until(start) in the consumer */
+		__atomic_store_n(&l->start, round, __ATOMIC_RELEASE);
+		short_delay(&rng);
+		/* release: pairs with the consumer's acquire re-check */
+		__atomic_store_n(&l->cond, 1, __ATOMIC_RELEASE);
+		ferry_ec_notify(&l->ec);
+		spin_until(&l->done, round, NULL);
+		/* A notify that saw the announce bumped the word to 2; a word still
+		 * at 1 means it missed the announce, and then the consumer's
+		 * re-check must have seen cond: both missing is a lost wake-up. */
+		uint32_t w = __atomic_load_n(&l->ec.word, __ATOMIC_RELAXED);
+		if (w == 1 && l->seen == 0)
+			lost++;
+		if (w != 1)
+			sleeper_seen++;
+	}
+	/* release: pairs with the acquire loads of stop in the consumer */
+	__atomic_store_n(&l->stop, 1, __ATOMIC_RELEASE);
+	cr_assert_eq(pthread_join(th, NULL), 0);
+	cr_expect_eq(lost, 0, "%u of %u rounds lost the wake-up", lost, rounds);
+	cr_log_info("dekker litmus: %u rounds, notify saw the sleeper in %u", rounds,
+		    sleeper_seen);
+	tu_shared_free(l, sizeof *l);
 }
