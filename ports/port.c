@@ -13,6 +13,7 @@
  * so a hang-up means the peer is gone, and nothing it posts will follow.
  */
 #include "ports/port_int.h"
+#include "shm/cancel.h"
 #include "shm/err.h"
 
 #include <errno.h>
@@ -289,8 +290,10 @@ int ferry__port_wait(ferry_port *p, struct ferry_ec *ec, int (*attempt)(ferry_po
 			ferry__cpu_relax();
 			continue;
 		}
-		if ((i & 1023) == 0)
+		if ((i & 1023) == 0) {
+			ferry__cancel_point();
 			sched_yield();
+		}
 		now = ferry__now_ns();
 		if (now >= deadline)
 			return -ETIMEDOUT;
@@ -306,6 +309,7 @@ int ferry__port_wait(ferry_port *p, struct ferry_ec *ec, int (*attempt)(ferry_po
 			continue;
 		}
 		/* Announce the sleep, re-check, then sleep one liveness slice at most. */
+		ferry__cancel_point();
 		uint32_t key = ferry_ec_prepare(ec);
 		rc = attempt(p, arg);
 		if (rc != -EAGAIN) {
@@ -313,7 +317,8 @@ int ferry__port_wait(ferry_port *p, struct ferry_ec *ec, int (*attempt)(ferry_po
 			return rc;
 		}
 		int64_t until = next_liveness < deadline ? next_liveness : deadline;
-		ferry_ec_wait(ec, key, until - now);
+		ferry_ec_wait(ec, key, ferry__cancel_slice(until - now));
+		ferry__cancel_point();
 		now = ferry__now_ns();
 		/* Woken by a notify: the next message often follows closely, so an
 		 * adaptive waiter spins a little again before the next sleep. */
@@ -338,6 +343,11 @@ static int try_reserve(ferry_port *p, void *arg)
 
 FERRY_API int ferry_port_post_bytes(ferry_port *p, const void *data, size_t len, int64_t timeout_ns)
 {
+	return ferry__port_post_raw(p, WIRE_RAW, data, len, timeout_ns);
+}
+
+int ferry__port_post_raw(ferry_port *p, uint32_t kind, const void *data, size_t len, int64_t timeout_ns)
+{
 	if (!p)
 		return ferry__fail(-EINVAL, "ferry_port_post_bytes: port is NULL");
 	if (!data && len)
@@ -359,7 +369,7 @@ FERRY_API int ferry_port_post_bytes(ferry_port *p, const void *data, size_t len,
 					   rc == -ETIMEDOUT ? " until the timeout" : "");
 		return rc;
 	}
-	struct wire_hdr wh = { .kind = WIRE_RAW, .aux = 0 };
+	struct wire_hdr wh = { .kind = kind, .aux = 0 };
 	memcpy(a.where, &wh, sizeof wh);
 	if (len)
 		memcpy((char *)a.where + sizeof wh, data, len);
@@ -392,6 +402,30 @@ FERRY_API int ferry_port_recv(ferry_port *p, ferry_msg **msg, int64_t timeout_ns
 		*msg = NULL;
 	if (!p || !msg)
 		return ferry__fail(-EINVAL, "ferry_port_recv: %s is NULL", !p ? "port" : "msg");
+	int64_t deadline = timeout_ns > 0 ? ferry__now_ns() + timeout_ns : 0;
+	for (;;) {
+		/* A positive timeout stays positive (1 ns: one last try, then
+		 * -ETIMEDOUT); a negative one would mean forever. */
+		int64_t left = timeout_ns;
+		if (timeout_ns > 0) {
+			left = deadline - ferry__now_ns();
+			if (left < 1)
+				left = 1;
+		}
+		int rc = ferry__port_recv_any(p, msg, left);
+		if (rc || !(*msg)->ctrl)
+			return rc;
+		/* A runtime control record: the runtime takes note, the user never sees it. */
+		if (p->ctrl_fn)
+			p->ctrl_fn(p->ctrl_arg, *msg);
+		ferry_msg_free(*msg);
+		*msg = NULL;
+	}
+}
+
+int ferry__port_recv_any(ferry_port *p, ferry_msg **msg, int64_t timeout_ns)
+{
+	*msg = NULL;
 	if (p->detached)
 		return ferry__fail(FERRY_EDETACHED, "ferry_port_recv: the port was transferred away");
 	int64_t deadline = timeout_ns > 0 ? ferry__now_ns() + timeout_ns : 0;
@@ -443,6 +477,7 @@ FERRY_API int ferry_port_recv(ferry_port *p, ferry_msg **msg, int64_t timeout_ns
 			consume(p);
 			return rc;
 		case WIRE_RAW:
+		case WIRE_CTRL:
 			break;
 		default:
 			consume(p);
@@ -452,6 +487,7 @@ FERRY_API int ferry_port_recv(ferry_port *p, ferry_msg **msg, int64_t timeout_ns
 		if (!m)
 			return ferry__fail(-ENOMEM, "ferry_port_recv: out of memory for a %zu-byte message", len);
 		memset(m, 0, sizeof *m);
+		m->ctrl = wh.kind == WIRE_CTRL;
 		m->len = len;
 		memcpy(m->data, body, len);
 		consume(p);

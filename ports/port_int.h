@@ -50,6 +50,7 @@ enum wire_kind {
 	WIRE_RAW = 1,   /* plain bytes */
 	WIRE_VOID = 2,  /* an abandoned reservation: skipped by the receiver */
 	WIRE_CLONE = 3, /* a structured clone (see ports/msg.c) */
+	WIRE_CTRL = 4,  /* a runtime control record (online, error): not for the user */
 };
 
 /* One end of a channel, private to the process that holds it. */
@@ -72,6 +73,9 @@ struct ferry_port {
 	size_t max_message;         /* largest message, spilled or not */
 	uint64_t chan_id;           /* the segment's inode: same channel across processes */
 	unsigned char *scratch;     /* clone encoding space of the sender (msg.c) */
+	/* Control records reaching ferry_port_recv go here (runtime/worker.c). */
+	void (*ctrl_fn)(void *arg, const struct ferry_msg *msg);
+	void *ctrl_arg;
 	int detached;               /* transferred away: only destroy is valid */
 	uint64_t fd_seq;            /* sequence of fd batches sent (sender side) */
 	uint64_t fd_seq_rx;         /* and expected (receiver side) */
@@ -85,6 +89,7 @@ struct msg_handle {
 };
 
 struct ferry_msg {
+	int ctrl;                   /* a WIRE_CTRL record (raw bytes in data) */
 	size_t len;
 	struct ferry_value *value;  /* NULL for raw bytes */
 	struct msg_handle *handles;
@@ -110,6 +115,13 @@ static inline int ferry__port_gone(ferry_port *p)
  */
 int ferry__port_wait(ferry_port *p, struct ferry_ec *ec, int (*attempt)(ferry_port *, void *),
 		     void *arg, int64_t timeout_ns);
+
+/* ferry_port_recv that also returns control records (msg->ctrl set). */
+int ferry__port_recv_any(ferry_port *p, ferry_msg **msg, int64_t timeout_ns);
+
+/* ferry_port_post_bytes with a record kind (WIRE_RAW or WIRE_CTRL). */
+int ferry__port_post_raw(ferry_port *p, uint32_t kind, const void *data, size_t len,
+			 int64_t timeout_ns);
 
 /* Open a port on side @side of the channel in @seg (taking the reference)
  * with control socket @sock. */

@@ -1,32 +1,64 @@
 /*
  * Workers: one API, two backends.
  *
- * Thread backend: the worker shares the handle with the parent, so the handle
- * is reference counted (parent + thread); the thread's exit code is published
- * through a futex word so join can wait with a monotonic deadline (glibc's
- * pthread_timedjoin_np takes CLOCK_REALTIME).
+ * Start: the parent makes the channel, posts workerData (a clone) as the
+ * channel's first message when there is one (an uncloneable value fails the
+ * spawn before anything starts), then starts a thread or forks. The worker's
+ * runtime takes workerData off its port, posts an ONLINE control record and
+ * calls the entry. Control records (ONLINE, ERROR) share the ring with the
+ * user's messages, so they keep their order; ferry_port_recv skips them after
+ * handing them to this file (ctrl_fn), ferry_worker_next turns them into
+ * events.
  *
- * Process backend: fork, then each side drops the port that belongs to the
- * other (ferry__port_forget: no close, so the channel stays open). The child
- * runs the entry and leaves with _exit, never returning into the caller's
- * stack. The parent waits on a pidfd so join can time out without polling.
+ * End: the worker's port is closed before the exit is published, so the
+ * parent receives everything, then -EPIPE, then the exit.
+ *   Thread: the exit code is published through a futex word (release) so join
+ *   waits with a monotonic deadline; the handle is shared by parent and
+ *   thread (reference count 2). ferry_worker_exit and terminate end the
+ *   thread with pthread_exit, and the same cleanup handler runs.
+ *   Process: fork; each side drops the port that belongs to the other
+ *   (ferry__port_forget: no close), the child also drops every other port's
+ *   control socket (so peers' liveness is not held by this child), runs the
+ *   entry and leaves with _exit, never returning into the caller's stack. The
+ *   parent waits on a pidfd.
+ *
+ * Terminate: a process gets SIGTERM, then SIGKILL after the grace period. A
+ * thread gets its stop flag set (shm/cancel.h) and its port's eventcounts
+ * bumped; its next ferry wait or receive ends it.
  */
+#include "ferry/buf.h"
+#include "ferry/value.h"
 #include "ferry/worker.h"
 #include "ports/port_int.h"
+#include "shm/cancel.h"
 #include "shm/err.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+enum ctrl_type {
+	CTRL_ONLINE = 1,
+	CTRL_ERROR = 2,
+};
+
+struct ctrl_rec {
+	uint32_t type;
+	int32_t err;
+	char text[256];
+};
 
 struct ferry_worker_ctx {
 	ferry_port *port;
@@ -35,33 +67,52 @@ struct ferry_worker_ctx {
 	void *arg;
 	char name[64];
 	int backend;
+	int has_value;
+	ferry_msg *value_msg; /* holds workerData and the handles it brought */
+	struct ferry_worker *w;
 };
+
+#define MAX_PENDING_ERRORS 8
 
 struct ferry_worker {
 	struct ferry_worker_ctx ctx; /* the worker's side */
 	ferry_port *port;            /* the parent's side */
 	int backend;
 	atomic_int refs;             /* thread backend: parent + thread */
+	size_t stack_size;
+	uint64_t max_as, max_nofile;
 	/* thread backend */
 	pthread_t thread;
 	uint32_t done;               /* 0 running, 1 exited (futex word) */
 	int exit_code;
+	int cancelled;               /* ended by a terminate */
 	int joined;
+	atomic_int stop;             /* terminate asked */
 	/* process backend */
 	pid_t pid;
 	int pidfd;
 	int reaped;
+	int sent_term;
 	struct ferry_worker_status status;
+	/* parent-side view of the control records */
+	int online, online_reported, exit_reported;
+	struct ctrl_rec errors[MAX_PENDING_ERRORS];
+	unsigned nerrors;
 };
 
-/* Set in a process worker's child (the whole process is a worker) and on a
- * thread worker's thread. */
-static int proc_is_worker;
-static _Thread_local int thread_is_worker;
+/* The worker this thread runs (thread backend), or this process runs
+ * (process backend, in the child). */
+static struct ferry_worker *proc_worker;
+static _Thread_local struct ferry_worker *thread_worker;
+
+static struct ferry_worker *current(void)
+{
+	return thread_worker ? thread_worker : proc_worker;
+}
 
 FERRY_API int ferry_is_main(void)
 {
-	return !(proc_is_worker || thread_is_worker);
+	return current() == NULL;
 }
 
 /* The kernel keeps 15 characters of a thread or process name. */
@@ -74,15 +125,239 @@ static void short_name(char out[16], const char *name)
 
 static void worker_unref(struct ferry_worker *w)
 {
+	/* acq_rel: the last owner sees every write the other made. */
 	if (atomic_fetch_sub_explicit(&w->refs, 1, memory_order_acq_rel) != 1)
-		return; /* acq_rel: the last owner sees every write of the other */
+		return;
 	ferry_port_destroy(w->ctx.port);
 	free(w->ctx.data);
 	free(w);
 }
 
-static int spawn_thread(struct ferry_worker *w, ferry_worker_fn entry);
-static int spawn_process(struct ferry_worker *w, ferry_worker_fn entry);
+/* ---- the parent's view of control records ---- */
+
+static void on_ctrl(void *arg, const ferry_msg *m)
+{
+	struct ferry_worker *w = arg;
+	struct ctrl_rec c;
+	memset(&c, 0, sizeof c);
+	memcpy(&c, ferry_msg_data(m), ferry_msg_len(m) < sizeof c ? ferry_msg_len(m) : sizeof c);
+	c.text[sizeof c.text - 1] = 0;
+	if (c.type == CTRL_ONLINE)
+		w->online = 1;
+	else if (c.type == CTRL_ERROR && w->nerrors < MAX_PENDING_ERRORS)
+		w->errors[w->nerrors++] = c;
+}
+
+/* ---- the worker's side ---- */
+
+static void post_ctrl(ferry_port *p, uint32_t type, int err, const char *text, int64_t timeout)
+{
+	struct ctrl_rec c = { .type = type, .err = err };
+	if (text)
+		snprintf(c.text, sizeof c.text, "%s", text);
+	ferry__port_post_raw(p, WIRE_CTRL, &c, sizeof c, timeout);
+}
+
+/* Everything a worker does before its entry; returns 0 or an exit code. */
+static int worker_begin(struct ferry_worker *w)
+{
+	struct ferry_worker_ctx *ctx = &w->ctx;
+	if (ctx->has_value) {
+		int rc = ferry_port_recv(ctx->port, &ctx->value_msg, FERRY_FOREVER);
+		if (rc) {
+			post_ctrl(ctx->port, CTRL_ERROR, rc, "workerData did not arrive", 1000000000);
+			return 1;
+		}
+	}
+	post_ctrl(ctx->port, CTRL_ONLINE, 0, NULL, FERRY_FOREVER);
+	return 0;
+}
+
+/* Close the worker's port (the parent then drains, then sees -EPIPE). */
+static void worker_end(struct ferry_worker *w)
+{
+	ferry_port_close(w->ctx.port);
+	ferry_msg_free(w->ctx.value_msg);
+	w->ctx.value_msg = NULL;
+}
+
+static void thread_cleanup(void *arg)
+{
+	struct ferry_worker *w = arg;
+	ferry__cancel_flag = NULL;
+	worker_end(w);
+	/* release: pairs with the acquire load in join_thread. */
+	atomic_store_explicit((_Atomic uint32_t *)&w->done, 1, memory_order_release);
+	ferry_notify_private(&w->done, FERRY_NOTIFY_ALL);
+	thread_worker = NULL;
+	worker_unref(w);
+}
+
+static void cancel_exit(void)
+{
+	struct ferry_worker *w = thread_worker;
+	if (!w)
+		return;
+	w->exit_code = 1;
+	w->cancelled = 1;
+	pthread_exit(NULL);
+}
+
+struct thread_start {
+	struct ferry_worker *w;
+	ferry_worker_fn entry;
+};
+
+static void *thread_trampoline(void *arg)
+{
+	struct thread_start st = *(struct thread_start *)arg;
+	free(arg);
+	struct ferry_worker *w = st.w;
+	thread_worker = w;
+	ferry__cancel_flag = &w->stop;
+	char tname[16];
+	short_name(tname, w->ctx.name);
+	pthread_setname_np(pthread_self(), tname);
+
+	pthread_cleanup_push(thread_cleanup, w);
+	int code = worker_begin(w);
+	if (code == 0)
+		code = st.entry(&w->ctx);
+	w->exit_code = code;
+	pthread_cleanup_pop(1);
+	return NULL;
+}
+
+static _Noreturn void process_exit(struct ferry_worker *w, int code)
+{
+	worker_end(w);
+	fflush(NULL);
+	_exit(code & 0xff);
+}
+
+static int set_limit(int resource, uint64_t value)
+{
+	struct rlimit rl = { .rlim_cur = value, .rlim_max = value };
+	struct rlimit old;
+	if (getrlimit(resource, &old) == 0 && old.rlim_max != RLIM_INFINITY && value > old.rlim_max)
+		rl.rlim_max = old.rlim_max, rl.rlim_cur = old.rlim_max;
+	return setrlimit(resource, &rl) < 0 ? -errno : 0;
+}
+
+static _Noreturn void process_main(struct ferry_worker *w, ferry_worker_fn entry)
+{
+	/* Forked from a thread worker, the child inherits that thread's view;
+	 * here the whole process is this worker. */
+	thread_worker = NULL;
+	ferry__cancel_flag = NULL;
+	proc_worker = w;
+	ferry__port_forget(w->port);
+	w->port = NULL;
+	ferry__port_keep_only(w->ctx.port);
+	char pname[16];
+	short_name(pname, w->ctx.name);
+	prctl(PR_SET_NAME, pname);
+	const struct {
+		int res;
+		uint64_t value;
+		const char *name;
+	} limits[] = {
+		{ RLIMIT_STACK, w->stack_size, "stack size" },
+		{ RLIMIT_AS, w->max_as, "address space" },
+		{ RLIMIT_NOFILE, w->max_nofile, "open files" },
+	};
+	for (size_t i = 0; i < sizeof limits / sizeof limits[0]; i++) {
+		if (!limits[i].value)
+			continue;
+		int rc = set_limit(limits[i].res, limits[i].value);
+		if (rc) {
+			char text[128];
+			snprintf(text, sizeof text, "setting the %s limit failed: %s", limits[i].name,
+				 ferry_strerror(rc));
+			post_ctrl(w->ctx.port, CTRL_ERROR, rc, text, 1000000000);
+			process_exit(w, 1);
+		}
+	}
+	int code = worker_begin(w);
+	if (code == 0)
+		code = entry(&w->ctx);
+	process_exit(w, code);
+}
+
+FERRY_API int ferry_worker_exit(int code)
+{
+	struct ferry_worker *w = current();
+	if (!w)
+		return ferry__fail(-EINVAL, "ferry_worker_exit: not called inside a worker");
+	if (w->backend == FERRY_PROCESS && w == proc_worker && !thread_worker)
+		process_exit(w, code);
+	w->exit_code = code;
+	pthread_exit(NULL);
+}
+
+FERRY_API int ferry_worker_throw(int err, const char *fmt, ...)
+{
+	struct ferry_worker *w = current();
+	if (!w)
+		return ferry__fail(-EINVAL, "ferry_worker_throw: not called inside a worker");
+	char text[256];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(text, sizeof text, fmt ? fmt : "", ap);
+	va_end(ap);
+	/* Bounded: a parent that never reads must not keep the worker alive. */
+	post_ctrl(w->ctx.port, CTRL_ERROR, err, text, 5LL * 1000000000);
+	return ferry_worker_exit(1);
+}
+
+/* ---- spawning ---- */
+
+static int spawn_thread(struct ferry_worker *w, ferry_worker_fn entry)
+{
+	struct thread_start *st = malloc(sizeof *st);
+	if (!st)
+		return ferry__fail(-ENOMEM, "ferry_worker_spawn: out of memory");
+	st->w = w;
+	st->entry = entry;
+	atomic_init(&w->refs, 2);
+	pthread_attr_t attr;
+	pthread_attr_init(&attr);
+	if (w->stack_size) {
+		int e = pthread_attr_setstacksize(&attr, w->stack_size);
+		if (e) {
+			pthread_attr_destroy(&attr);
+			free(st);
+			return ferry__fail(-EINVAL, "ferry_worker_spawn: stack_size %zu is not usable (at least %zu)",
+					   w->stack_size, (size_t)PTHREAD_STACK_MIN);
+		}
+	}
+	int err = pthread_create(&w->thread, &attr, thread_trampoline, st);
+	pthread_attr_destroy(&attr);
+	if (err) {
+		free(st);
+		return ferry__errno(-err, "ferry_worker_spawn: pthread_create for \"%s\"", w->ctx.name);
+	}
+	w->pid = getpid();
+	return 0;
+}
+
+static int spawn_process(struct ferry_worker *w, ferry_worker_fn entry)
+{
+	/* Unflushed stdio would be written twice, once by each process. */
+	fflush(NULL);
+	pid_t pid = fork();
+	if (pid < 0)
+		return ferry__errno(-errno, "ferry_worker_spawn: fork for \"%s\"", w->ctx.name);
+	if (pid == 0)
+		process_main(w, entry);
+	ferry__port_forget(w->ctx.port);
+	w->ctx.port = NULL;
+	w->pid = pid;
+	/* Without pidfds (old kernels) join polls waitpid instead. */
+	w->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+	atomic_init(&w->refs, 1);
+	return 0;
+}
 
 FERRY_API int ferry_worker_spawn(ferry_worker **out, const struct ferry_worker_opts *o)
 {
@@ -102,15 +377,28 @@ FERRY_API int ferry_worker_spawn(ferry_worker **out, const struct ferry_worker_o
 	if (!o->data && o->data_len)
 		return ferry__fail(-EINVAL, "ferry_worker_spawn: data is NULL with data_len %zu",
 				   o->data_len);
+	if (o->xfer && !o->value)
+		return ferry__fail(-EINVAL, "ferry_worker_spawn: opts.xfer without opts.value");
+	if (o->stack_size && o->stack_size < (size_t)PTHREAD_STACK_MIN)
+		return ferry__fail(-EINVAL, "ferry_worker_spawn: stack_size %zu below the minimum %zu",
+				   o->stack_size, (size_t)PTHREAD_STACK_MIN);
+	if (o->backend == FERRY_THREAD && (o->max_address_space || o->max_open_files))
+		return ferry__fail(-EINVAL,
+				   "ferry_worker_spawn: max_address_space and max_open_files apply to process workers only");
 
 	struct ferry_worker *w = calloc(1, sizeof *w);
 	if (!w)
 		return ferry__fail(-ENOMEM, "ferry_worker_spawn: out of memory");
 	w->backend = o->backend;
 	w->pidfd = -1;
+	w->stack_size = o->stack_size;
+	w->max_as = o->max_address_space;
+	w->max_nofile = o->max_open_files;
+	w->ctx.w = w;
 	snprintf(w->ctx.name, sizeof w->ctx.name, "%s", o->name ? o->name : "worker");
 	w->ctx.arg = o->arg;
 	w->ctx.backend = o->backend;
+	w->ctx.has_value = o->value != NULL;
 	if (o->data_len) {
 		w->ctx.data = malloc(o->data_len);
 		if (!w->ctx.data) {
@@ -122,6 +410,14 @@ FERRY_API int ferry_worker_spawn(ferry_worker **out, const struct ferry_worker_o
 		w->ctx.data_len = o->data_len;
 	}
 	int rc = ferry_channel(&w->port, &w->ctx.port, &o->channel);
+	if (rc == 0) {
+		w->port->ctrl_fn = on_ctrl;
+		w->port->ctrl_arg = w;
+	}
+	/* workerData goes first: an uncloneable value fails here, before any
+	 * thread or process exists, and every handle stays where it was. */
+	if (rc == 0 && o->value)
+		rc = ferry_port_post(w->port, o->value, o->xfer, 0);
 	if (rc == 0)
 		rc = o->backend == FERRY_THREAD ? spawn_thread(w, o->entry) : spawn_process(w, o->entry);
 	if (rc) {
@@ -135,82 +431,7 @@ FERRY_API int ferry_worker_spawn(ferry_worker **out, const struct ferry_worker_o
 	return 0;
 }
 
-/* ---- thread backend ---- */
-
-struct thread_start {
-	struct ferry_worker *w;
-	ferry_worker_fn entry;
-};
-
-static void *thread_trampoline(void *arg)
-{
-	struct thread_start st = *(struct thread_start *)arg;
-	free(arg);
-	struct ferry_worker *w = st.w;
-	thread_is_worker = 1;
-	char tname[16];
-	short_name(tname, w->ctx.name);
-	pthread_setname_np(pthread_self(), tname);
-
-	int code = st.entry(&w->ctx);
-	/* Close before publishing done: a parent that joined and then receives
-	 * gets every message, then -EPIPE. */
-	ferry_port_close(w->ctx.port);
-	w->exit_code = code;
-	/* release: pairs with the acquire load in ferry_worker_join. */
-	atomic_store_explicit((_Atomic uint32_t *)&w->done, 1, memory_order_release);
-	ferry_notify_private(&w->done, FERRY_NOTIFY_ALL);
-	worker_unref(w);
-	return NULL;
-}
-
-static int spawn_thread(struct ferry_worker *w, ferry_worker_fn entry)
-{
-	struct thread_start *st = malloc(sizeof *st);
-	if (!st)
-		return ferry__fail(-ENOMEM, "ferry_worker_spawn: out of memory");
-	st->w = w;
-	st->entry = entry;
-	atomic_init(&w->refs, 2);
-	int err = pthread_create(&w->thread, NULL, thread_trampoline, st);
-	if (err) {
-		free(st);
-		return ferry__errno(-err, "ferry_worker_spawn: pthread_create for \"%s\"", w->ctx.name);
-	}
-	w->pid = getpid();
-	return 0;
-}
-
-/* ---- process backend ---- */
-
-static int spawn_process(struct ferry_worker *w, ferry_worker_fn entry)
-{
-	/* Unflushed stdio would be written twice, once by each process. */
-	fflush(NULL);
-	pid_t pid = fork();
-	if (pid < 0)
-		return ferry__errno(-errno, "ferry_worker_spawn: fork for \"%s\"", w->ctx.name);
-	if (pid == 0) {
-		proc_is_worker = 1;
-		ferry__port_forget(w->port);
-		w->port = NULL;
-		ferry__port_keep_only(w->ctx.port);
-		char pname[16];
-		short_name(pname, w->ctx.name);
-		prctl(PR_SET_NAME, pname);
-		int code = entry(&w->ctx);
-		ferry_port_close(w->ctx.port);
-		fflush(NULL);
-		_exit(code & 0xff);
-	}
-	ferry__port_forget(w->ctx.port);
-	w->ctx.port = NULL;
-	w->pid = pid;
-	w->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
-	/* Without pidfds (old kernels) join polls waitpid instead. */
-	atomic_init(&w->refs, 1);
-	return 0;
-}
+/* ---- join and terminate ---- */
 
 static int reap(struct ferry_worker *w, int flags)
 {
@@ -227,6 +448,7 @@ static int reap(struct ferry_worker *w, int flags)
 	} else {
 		w->status.code = WEXITSTATUS(st);
 	}
+	w->status.terminated = w->sent_term;
 	if (w->pidfd >= 0) {
 		close(w->pidfd);
 		w->pidfd = -1;
@@ -260,7 +482,7 @@ static int join_thread(struct ferry_worker *w, int64_t timeout_ns)
 {
 	if (!w->joined) {
 		int64_t deadline = ferry__deadline(timeout_ns);
-		/* acquire: pairs with the release store in thread_trampoline. */
+		/* acquire: pairs with the release store in thread_cleanup. */
 		while (!atomic_load_explicit((_Atomic uint32_t *)&w->done, memory_order_acquire)) {
 			int64_t left = ferry__remaining(deadline);
 			if (left == 0)
@@ -271,21 +493,134 @@ static int join_thread(struct ferry_worker *w, int64_t timeout_ns)
 		w->joined = 1;
 		w->status.code = w->exit_code;
 		w->status.signal = 0;
+		w->status.terminated = w->cancelled;
 	}
 	return 0;
+}
+
+static int join_any(struct ferry_worker *w, int64_t timeout_ns)
+{
+	return w->backend == FERRY_THREAD ? join_thread(w, timeout_ns) : join_process(w, timeout_ns);
 }
 
 FERRY_API int ferry_worker_join(ferry_worker *w, struct ferry_worker_status *st, int64_t timeout_ns)
 {
 	if (!w)
 		return ferry__fail(-EINVAL, "ferry_worker_join: worker is NULL");
-	int rc = w->backend == FERRY_THREAD ? join_thread(w, timeout_ns) : join_process(w, timeout_ns);
+	int rc = join_any(w, timeout_ns);
 	if (rc == -ETIMEDOUT || rc == -EAGAIN)
 		return ferry__fail(rc, "ferry_worker_join: \"%s\" is still running", w->ctx.name);
 	if (rc == 0 && st)
 		*st = w->status;
 	return rc;
 }
+
+FERRY_API int ferry_worker_terminate(ferry_worker *w, int64_t grace_ns)
+{
+	if (!w)
+		return ferry__fail(-EINVAL, "ferry_worker_terminate: worker is NULL");
+	if (grace_ns < 0)
+		return ferry__fail(-EINVAL, "ferry_worker_terminate: negative grace period");
+	if (w->backend == FERRY_PROCESS) {
+		if (w->reaped)
+			return 0;
+		if (reap(w, WNOHANG) == 0)
+			return 0;
+		w->sent_term = 1;
+		kill(w->pid, SIGTERM);
+		if (join_process(w, grace_ns) == 0)
+			return 0;
+		kill(w->pid, SIGKILL);
+		return join_process(w, FERRY_FOREVER);
+	}
+	if (w->joined)
+		return 0;
+	/* release: pairs with the acquire load in ferry__cancel_point. */
+	atomic_store_explicit(&w->stop, 1, memory_order_release);
+	/* Wake a worker asleep in recv or in a blocked post on its port. */
+	ferry_ec_notify(&w->port->txd->data_ec);
+	ferry_ec_notify(&w->port->rxd->space_ec);
+	int rc = join_thread(w, grace_ns);
+	if (rc)
+		return ferry__fail(-ETIMEDOUT,
+				   "ferry_worker_terminate: thread worker \"%s\" did not reach a ferry call within the grace period",
+				   w->ctx.name);
+	return 0;
+}
+
+/* ---- events ---- */
+
+static void event_text(struct ferry_worker_event *ev, int err, const char *text)
+{
+	ev->err = err;
+	snprintf(ev->text, sizeof ev->text, "%s", text);
+}
+
+FERRY_API int ferry_worker_next(ferry_worker *w, struct ferry_worker_event *ev, int64_t timeout_ns)
+{
+	if (!w || !ev)
+		return ferry__fail(-EINVAL, "ferry_worker_next: %s is NULL", !w ? "worker" : "ev");
+	memset(ev, 0, sizeof *ev);
+	int64_t deadline = timeout_ns > 0 ? ferry__now_ns() + timeout_ns : 0;
+	for (;;) {
+		if (w->exit_reported) {
+			ev->type = FERRY_WORKER_EXIT;
+			ev->status = w->status;
+			return 0;
+		}
+		if (w->online && !w->online_reported) {
+			w->online_reported = 1;
+			ev->type = FERRY_WORKER_ONLINE;
+			return 0;
+		}
+		if (w->nerrors) {
+			ev->type = FERRY_WORKER_ERROR;
+			event_text(ev, w->errors[0].err, w->errors[0].text);
+			memmove(&w->errors[0], &w->errors[1], --w->nerrors * sizeof w->errors[0]);
+			return 0;
+		}
+		int64_t left = timeout_ns;
+		if (timeout_ns > 0) {
+			left = deadline - ferry__now_ns();
+			if (left < 1)
+				left = 1;
+		}
+		ferry_msg *m;
+		int rc = ferry__port_recv_any(w->port, &m, left);
+		if (rc == 0 && m->ctrl) {
+			on_ctrl(w, m);
+			ferry_msg_free(m);
+			continue;
+		}
+		if (rc == 0) {
+			ev->type = FERRY_WORKER_MESSAGE;
+			ev->msg = m;
+			return 0;
+		}
+		if (rc == -EBADMSG || rc == -EMSGSIZE || rc == FERRY_EVERSION) {
+			ev->type = FERRY_WORKER_MESSAGEERROR;
+			event_text(ev, rc, ferry_errmsg());
+			return 0;
+		}
+		if (rc != -EPIPE)
+			return rc;
+		/* Everything the worker posted was received: now its exit. */
+		rc = join_any(w, left);
+		if (rc == -ETIMEDOUT || rc == -EAGAIN)
+			return ferry__fail(rc, "ferry_worker_next: \"%s\" closed its port and is still running",
+					   w->ctx.name);
+		if (rc)
+			return rc;
+		w->exit_reported = 1;
+	}
+}
+
+FERRY_API int ferry_worker_online(const ferry_worker *w)
+{
+	return w ? w->online : 0;
+}
+
+/* ---- handles and accessors ---- */
 
 FERRY_API ferry_port *ferry_worker_port(ferry_worker *w)
 {
@@ -306,9 +641,8 @@ FERRY_API void ferry_worker_destroy(ferry_worker *w)
 {
 	if (!w)
 		return;
-	ferry_port_destroy(w->port);
-	w->port = NULL;
 	if (w->backend == FERRY_PROCESS) {
+		ferry_port_destroy(w->port);
 		if (!w->reaped) {
 			kill(w->pid, SIGKILL);
 			reap(w, 0);
@@ -319,8 +653,12 @@ FERRY_API void ferry_worker_destroy(ferry_worker *w)
 		free(w);
 		return;
 	}
+	/* A running thread sees its port closed; it is detached and frees its
+	 * half of the handle when it ends. */
+	ferry_port_destroy(w->port);
+	w->port = NULL;
 	if (!w->joined)
-		pthread_detach(w->thread); /* it sees its port closed */
+		pthread_detach(w->thread);
 	worker_unref(w);
 }
 
@@ -336,6 +674,11 @@ FERRY_API const void *ferry_worker_ctx_data(ferry_worker_ctx *ctx, size_t *len)
 	return ctx ? ctx->data : NULL;
 }
 
+FERRY_API const struct ferry_value *ferry_worker_ctx_value(ferry_worker_ctx *ctx)
+{
+	return ctx ? ferry_msg_value(ctx->value_msg) : NULL;
+}
+
 FERRY_API void *ferry_worker_ctx_arg(ferry_worker_ctx *ctx)
 {
 	return ctx ? ctx->arg : NULL;
@@ -349,4 +692,11 @@ FERRY_API const char *ferry_worker_ctx_name(ferry_worker_ctx *ctx)
 FERRY_API int ferry_worker_ctx_backend(ferry_worker_ctx *ctx)
 {
 	return ctx ? ctx->backend : -EINVAL;
+}
+
+/* The cancellation handler is installed once, with the first use of this
+ * file's code (a constructor: before any worker thread can exist). */
+__attribute__((constructor)) static void install_cancel_handler(void)
+{
+	ferry__cancel_handler = cancel_exit;
 }

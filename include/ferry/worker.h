@@ -53,19 +53,30 @@ enum ferry_backend {
 /* Most bytes of worker data. */
 #define FERRY_WORKER_DATA_MAX ((size_t)64 * 1024 * 1024)
 
+struct ferry_value;
+struct ferry_xfer;
+
 struct ferry_worker_opts {
 	int backend;                 /* enum ferry_backend */
 	ferry_worker_fn entry;       /* required */
-	const void *data;            /* worker data, copied; may be NULL */
+	const void *data;            /* worker data as bytes, copied; may be NULL */
 	size_t data_len;
+	const struct ferry_value *value; /* workerData: cloned into the worker; may be NULL */
+	const struct ferry_xfer *xfer;   /* what @value transfers (buffers, ports); may be NULL */
 	const char *name;            /* for errors and the thread/process name; NULL = "worker" */
 	void *arg;                   /* passed as is (a process worker sees its copy) */
 	struct ferry_channel_opts channel; /* the parent<->worker channel */
+	/* Limits; 0 = inherit. stack_size applies to both backends (a thread's
+	 * stack; a process's RLIMIT_STACK); the others to process workers only. */
+	size_t stack_size;
+	uint64_t max_address_space;  /* RLIMIT_AS, bytes */
+	uint64_t max_open_files;     /* RLIMIT_NOFILE */
 };
 
 struct ferry_worker_status {
-	int code;   /* exit code when signal == 0 */
-	int signal; /* the signal that ended a process worker, else 0 */
+	int code;       /* exit code when signal == 0 (1 after a terminate) */
+	int signal;     /* the signal that ended a process worker, else 0 */
+	int terminated; /* ended by ferry_worker_terminate */
 };
 
 /*
@@ -93,6 +104,52 @@ FERRY_API pid_t ferry_worker_pid(const ferry_worker *w);
 FERRY_API int ferry_worker_join(ferry_worker *w, struct ferry_worker_status *st,
 				int64_t timeout_ns);
 
+/* ---- events (the parent side of Node's Worker) ---- */
+
+enum ferry_worker_event_type {
+	FERRY_WORKER_ONLINE = 1,       /* the worker started running its entry */
+	FERRY_WORKER_MESSAGE = 2,      /* ev.msg: a message it posted (the caller's) */
+	FERRY_WORKER_MESSAGEERROR = 3, /* a message that did not decode: ev.err, ev.text */
+	FERRY_WORKER_ERROR = 4,        /* it failed (ferry_worker_throw): ev.err, ev.text */
+	FERRY_WORKER_EXIT = 5,         /* it ended: ev.status; the last event */
+};
+
+struct ferry_worker_event {
+	int type;                          /* enum ferry_worker_event_type */
+	ferry_msg *msg;                    /* MESSAGE: the caller's (ferry_msg_free) */
+	int err;                           /* MESSAGEERROR, ERROR: a negative code */
+	char text[256];                    /* MESSAGEERROR, ERROR: what happened */
+	struct ferry_worker_status status; /* EXIT */
+};
+
+/*
+ * ferry_worker_next - the worker's next event, waiting up to @timeout_ns.
+ * Order: ONLINE first, then messages and errors as the worker produced them,
+ * then EXIT after every message the worker fully posted. After EXIT, every
+ * call returns EXIT again. Use this or ferry_port_recv on the worker's port,
+ * not both at once (recv skips ONLINE and ERROR, which are then kept for
+ * ferry_worker_online / the status).
+ * Returns: 0, -EINVAL, -EAGAIN (nothing now, timeout 0), -ETIMEDOUT.
+ */
+FERRY_API int ferry_worker_next(ferry_worker *w, struct ferry_worker_event *ev,
+				int64_t timeout_ns);
+
+/* 1 once the worker's ONLINE record was seen by the parent, else 0. */
+FERRY_API int ferry_worker_online(const ferry_worker *w);
+
+/*
+ * ferry_worker_terminate - stop the worker (Node's worker.terminate()).
+ * Process: SIGTERM, then SIGKILL once @grace_ns has passed without an exit.
+ * Thread: asked to stop, and stopped at its next ferry wait or receive
+ *   (including one blocked forever in ferry_wait or ferry_port_recv); a
+ *   thread spinning in its own code cannot be stopped, and this returns
+ *   -ETIMEDOUT after @grace_ns (it will stop at its next ferry call).
+ * The worker's exit status then says terminated (code 1, or the signal).
+ * Terminating a worker that already exited does nothing and returns 0.
+ * Returns: 0 (it has ended), -EINVAL, -ETIMEDOUT (a thread still running).
+ */
+FERRY_API int ferry_worker_terminate(ferry_worker *w, int64_t grace_ns);
+
 /*
  * ferry_worker_destroy - release the handle and its port. A process worker
  * still running is killed (SIGKILL) and reaped; a thread worker still running
@@ -109,6 +166,26 @@ FERRY_API const void *ferry_worker_ctx_data(ferry_worker_ctx *ctx, size_t *len);
 FERRY_API void *ferry_worker_ctx_arg(ferry_worker_ctx *ctx);
 FERRY_API const char *ferry_worker_ctx_name(ferry_worker_ctx *ctx);
 FERRY_API int ferry_worker_ctx_backend(ferry_worker_ctx *ctx);
+
+/* workerData: the worker's clone of opts.value (NULL when none); owned by
+ * the runtime, valid until the worker ends. */
+FERRY_API const struct ferry_value *ferry_worker_ctx_value(ferry_worker_ctx *ctx);
+
+/*
+ * ferry_worker_exit - end the calling worker with @code, on either backend
+ * (process.exit inside a worker: the worker only, never the parent). Its
+ * port is closed first, so everything it posted is delivered. Outside a
+ * worker it returns -EINVAL and does nothing.
+ */
+FERRY_API int ferry_worker_exit(int code);
+
+/*
+ * ferry_worker_throw - report a failure to the parent (its ERROR event, with
+ * @err and the formatted text) and end the calling worker with exit code 1:
+ * an uncaught exception. Outside a worker it returns -EINVAL.
+ */
+FERRY_API int ferry_worker_throw(int err, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
 
 /* ferry_is_main - 1 outside any worker (worker_threads.isMainThread), else 0. */
 FERRY_API int ferry_is_main(void);

@@ -11,6 +11,8 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <pthread.h>
+#include <sys/resource.h>
 
 static struct tu_baseline base;
 
@@ -47,7 +49,7 @@ static ferry_worker *spawn(int backend, ferry_worker_fn fn, const void *data, si
 
 static void join_expect(ferry_worker *w, int code, int sig)
 {
-	struct ferry_worker_status st = { -1, -1 };
+	struct ferry_worker_status st = { -1, -1, -1 };
 	int rc = ferry_worker_join(w, &st, 20LL * 1000000000);
 	cr_assert_eq(rc, 0, "join: %s", ferry_errmsg());
 	cr_assert_eq(st.signal, sig, "signal %d, expected %d", st.signal, sig);
@@ -353,3 +355,383 @@ static void many_workers(int backend)
 
 Test(worker, many_at_once_thread) { many_workers(FERRY_THREAD); }
 Test(worker, many_at_once_process) { many_workers(FERRY_PROCESS); }
+
+/* ---- lifecycle: events, exit, throw, terminate, workerData, limits ---- */
+
+#define T10S (10LL * 1000000000)
+
+static int post_three(ferry_worker_ctx *ctx)
+{
+	ferry_port *p = ferry_worker_ctx_port(ctx);
+	for (int i = 0; i < 3; i++)
+		ferry_port_post_bytes(p, &i, sizeof i, FERRY_FOREVER);
+	return 4;
+}
+
+static void next_ok(ferry_worker *w, struct ferry_worker_event *ev, int type)
+{
+	int rc = ferry_worker_next(w, ev, T10S);
+	cr_assert_eq(rc, 0, "next: %s", ferry_errmsg());
+	cr_assert_eq(ev->type, type, "event %d, expected %d", ev->type, type);
+}
+
+static void events_in_order(int backend)
+{
+	ferry_worker *w = spawn(backend, post_three, NULL, 0, NULL);
+	struct ferry_worker_event ev;
+	next_ok(w, &ev, FERRY_WORKER_ONLINE);
+	cr_assert_eq(ferry_worker_online(w), 1);
+	for (int i = 0; i < 3; i++) {
+		next_ok(w, &ev, FERRY_WORKER_MESSAGE);
+		cr_assert_eq(*(const int *)ferry_msg_data(ev.msg), i);
+		ferry_msg_free(ev.msg);
+	}
+	next_ok(w, &ev, FERRY_WORKER_EXIT);
+	cr_assert_eq(ev.status.code, 4);
+	cr_assert_eq(ev.status.terminated, 0);
+	next_ok(w, &ev, FERRY_WORKER_EXIT); /* and again */
+	ferry_worker_destroy(w);
+}
+
+Test(worker, events_in_order_thread) { events_in_order(FERRY_THREAD); }
+Test(worker, events_in_order_process) { events_in_order(FERRY_PROCESS); }
+
+static void deep_exit(int depth)
+{
+	if (depth == 0) {
+		ferry_worker_exit(5);
+		return; /* only outside a worker */
+	}
+	deep_exit(depth - 1);
+}
+
+static int exits_midway(ferry_worker_ctx *ctx)
+{
+	ferry_port_post_bytes(ferry_worker_ctx_port(ctx), "before", 6, FERRY_FOREVER);
+	deep_exit(10);
+	ferry_port_post_bytes(ferry_worker_ctx_port(ctx), "after", 5, FERRY_FOREVER);
+	return 0;
+}
+
+static void exit_ends_only_the_worker(int backend)
+{
+	ferry_worker *w = spawn(backend, exits_midway, NULL, 0, NULL);
+	struct ferry_worker_event ev;
+	next_ok(w, &ev, FERRY_WORKER_ONLINE);
+	next_ok(w, &ev, FERRY_WORKER_MESSAGE);
+	cr_assert_eq(ferry_msg_len(ev.msg), 6);
+	ferry_msg_free(ev.msg);
+	next_ok(w, &ev, FERRY_WORKER_EXIT);
+	cr_assert_eq(ev.status.code, 5);
+	cr_assert_eq(ev.status.signal, 0);
+	ferry_worker_destroy(w);
+	cr_assert_eq(ferry_is_main(), 1, "the parent goes on");
+}
+
+Test(worker, exit_ends_only_the_worker_thread) { exit_ends_only_the_worker(FERRY_THREAD); }
+Test(worker, exit_ends_only_the_worker_process) { exit_ends_only_the_worker(FERRY_PROCESS); }
+
+static int throws(ferry_worker_ctx *ctx)
+{
+	ferry_port_post_bytes(ferry_worker_ctx_port(ctx), "hi", 2, FERRY_FOREVER);
+	ferry_worker_throw(-EDOM, "bad input %d", 42);
+	return 0;
+}
+
+static void throw_gives_error_then_exit(int backend)
+{
+	ferry_worker *w = spawn(backend, throws, NULL, 0, NULL);
+	struct ferry_worker_event ev;
+	next_ok(w, &ev, FERRY_WORKER_ONLINE);
+	next_ok(w, &ev, FERRY_WORKER_MESSAGE);
+	ferry_msg_free(ev.msg);
+	next_ok(w, &ev, FERRY_WORKER_ERROR);
+	cr_assert_eq(ev.err, -EDOM);
+	cr_assert_str_eq(ev.text, "bad input 42");
+	next_ok(w, &ev, FERRY_WORKER_EXIT);
+	cr_assert_eq(ev.status.code, 1);
+	ferry_worker_destroy(w);
+}
+
+Test(worker, throw_gives_error_then_exit_thread) { throw_gives_error_then_exit(FERRY_THREAD); }
+Test(worker, throw_gives_error_then_exit_process) { throw_gives_error_then_exit(FERRY_PROCESS); }
+
+Test(worker, exit_and_throw_outside_a_worker)
+{
+	cr_assert_eq(ferry_worker_exit(3), -EINVAL);
+	cr_assert(strstr(ferry_errmsg(), "not called inside a worker"), "%s", ferry_errmsg());
+	cr_assert_eq(ferry_worker_throw(-EIO, "x"), -EINVAL);
+}
+
+static int blocks_in_recv(ferry_worker_ctx *ctx)
+{
+	ferry_msg *m;
+	ferry_port_post_bytes(ferry_worker_ctx_port(ctx), "ready", 5, FERRY_FOREVER);
+	ferry_port_recv(ferry_worker_ctx_port(ctx), &m, FERRY_FOREVER);
+	return 0;
+}
+
+static int blocks_in_wait(ferry_worker_ctx *ctx)
+{
+	uint32_t word = 0;
+	ferry_port_post_bytes(ferry_worker_ctx_port(ctx), "ready", 5, FERRY_FOREVER);
+	ferry_wait(&word, 0, FERRY_FOREVER); /* nobody will ever notify */
+	return 0;
+}
+
+static int ignores_sigterm(ferry_worker_ctx *ctx)
+{
+	signal(SIGTERM, SIG_IGN);
+	return blocks_in_recv(ctx);
+}
+
+static void terminate_blocked(int backend, ferry_worker_fn fn, int want_signal)
+{
+	ferry_worker *w = spawn(backend, fn, NULL, 0, NULL);
+	expect(ferry_worker_port(w), "ready", 5);
+	cr_assert_eq(ferry_worker_terminate(w, 200 * 1000000), 0, "%s", ferry_errmsg());
+	struct ferry_worker_status st;
+	cr_assert_eq(ferry_worker_join(w, &st, 0), 0);
+	cr_assert_eq(st.terminated, 1);
+	cr_assert_eq(st.signal, want_signal);
+	if (!want_signal)
+		cr_assert_eq(st.code, 1);
+	/* Terminating again is harmless. */
+	cr_assert_eq(ferry_worker_terminate(w, 0), 0);
+	ferry_worker_destroy(w);
+}
+
+Test(worker, terminate_thread_blocked_in_recv) { terminate_blocked(FERRY_THREAD, blocks_in_recv, 0); }
+Test(worker, terminate_thread_blocked_in_wait) { terminate_blocked(FERRY_THREAD, blocks_in_wait, 0); }
+Test(worker, terminate_process_blocked_in_recv) { terminate_blocked(FERRY_PROCESS, blocks_in_recv, SIGTERM); }
+Test(worker, terminate_process_blocked_in_wait) { terminate_blocked(FERRY_PROCESS, blocks_in_wait, SIGTERM); }
+Test(worker, terminate_process_ignoring_sigterm_is_killed)
+{
+	terminate_blocked(FERRY_PROCESS, ignores_sigterm, SIGKILL);
+}
+
+static void terminate_exited(int backend)
+{
+	ferry_worker *w = spawn(backend, noop, NULL, 0, NULL);
+	struct ferry_worker_status st;
+	cr_assert_eq(ferry_worker_join(w, &st, T10S), 0);
+	cr_assert_eq(ferry_worker_terminate(w, 0), 0);
+	cr_assert_eq(ferry_worker_join(w, &st, 0), 0);
+	cr_assert_eq(st.terminated, 0, "it had exited on its own");
+	cr_assert_eq(ferry_worker_terminate(NULL, 0), -EINVAL);
+	cr_assert_eq(ferry_worker_terminate(w, -1), -EINVAL);
+	ferry_worker_destroy(w);
+}
+
+Test(worker, terminate_exited_thread_is_harmless) { terminate_exited(FERRY_THREAD); }
+Test(worker, terminate_exited_process_is_harmless) { terminate_exited(FERRY_PROCESS); }
+
+/* workerData: echoes its value back, with its buffer transferred home. */
+static int data_echo(ferry_worker_ctx *ctx)
+{
+	const ferry_value *v = ferry_worker_ctx_value(ctx);
+	if (!v)
+		return 1;
+	enum ferry_value_kind k;
+	ferry_buf *b = ferry_value_get_handle(ferry_value_map_get(v, "buf"), &k);
+	if (!b || k != FERRY_VALUE_BUF)
+		return 2;
+	struct ferry_xfer x = { .bufs = &b, .nbufs = 1 };
+	return ferry_port_post(ferry_worker_ctx_port(ctx), v, &x, FERRY_FOREVER) ? 3 : 0;
+}
+
+static void worker_data_value(int backend)
+{
+	ferry_buf *b;
+	cr_assert_eq(ferry_buf_create(&b, 100000, 0), 0);
+	memset(ferry_buf_data(b), 0x5a, 100000);
+	ferry_value *v = ferry_value_map();
+	ferry_value_map_set(v, "name", ferry_value_str("data"));
+	ferry_value_map_set(v, "buf", ferry_value_handle(FERRY_VALUE_BUF, b));
+	struct ferry_xfer x = { .bufs = &b, .nbufs = 1 };
+	struct ferry_worker_opts o = { .backend = backend, .entry = data_echo, .value = v, .xfer = &x };
+	ferry_worker *w;
+	cr_assert_eq(ferry_worker_spawn(&w, &o), 0, "%s", ferry_errmsg());
+	cr_assert_eq(ferry_buf_is_detached(b), 1, "transferred into the worker");
+	struct ferry_worker_event ev;
+	next_ok(w, &ev, FERRY_WORKER_ONLINE);
+	next_ok(w, &ev, FERRY_WORKER_MESSAGE);
+	const ferry_value *got = ferry_msg_value(ev.msg);
+	cr_assert_str_eq(ferry_value_get_str(ferry_value_map_get(got, "name"), NULL), "data");
+	ferry_buf *back = ferry_value_get_handle(ferry_value_map_get(got, "buf"), NULL);
+	cr_assert_eq(ferry_buf_len(back), 100000);
+	cr_assert_eq(((unsigned char *)ferry_buf_data(back))[99999], 0x5a);
+	ferry_msg_free(ev.msg);
+	next_ok(w, &ev, FERRY_WORKER_EXIT);
+	cr_assert_eq(ev.status.code, 0);
+	ferry_worker_destroy(w);
+	ferry_value_free(v);
+	ferry_buf_free(b);
+}
+
+Test(worker, worker_data_value_thread) { worker_data_value(FERRY_THREAD); }
+Test(worker, worker_data_value_process) { worker_data_value(FERRY_PROCESS); }
+
+static void uncloneable_data_starts_nothing(int backend)
+{
+	ferry_port *a, *b;
+	cr_assert_eq(ferry_channel(&a, &b, NULL), 0);
+	ferry_buf *buf;
+	cr_assert_eq(ferry_buf_create(&buf, 10, 0), 0);
+	ferry_value *v = ferry_value_array();
+	ferry_value_array_push(v, ferry_value_handle(FERRY_VALUE_PORT, a)); /* not in xfer */
+	ferry_value_array_push(v, ferry_value_handle(FERRY_VALUE_BUF, buf));
+	ferry_buf *list[] = { buf };
+	struct ferry_xfer x = { .bufs = list, .nbufs = 1 };
+	struct ferry_worker_opts o = { .backend = backend, .entry = noop, .value = v, .xfer = &x };
+	ferry_worker *w = (ferry_worker *)1;
+	int fds = tu_count_fds();
+	cr_assert_eq(ferry_worker_spawn(&w, &o), -EINVAL);
+	cr_assert(strstr(ferry_errmsg(), "not in the transfer list"), "%s", ferry_errmsg());
+	cr_assert_null(w);
+	cr_assert_eq(tu_count_fds(), fds, "nothing was left behind");
+	cr_assert_eq(ferry_buf_is_detached(buf), 0, "nothing moved");
+	o.xfer = NULL;
+	o.value = NULL;
+	o.xfer = &x;
+	cr_assert_eq(ferry_worker_spawn(&w, &o), -EINVAL, "xfer without value");
+	ferry_value_free(v);
+	ferry_buf_free(buf);
+	ferry_port_destroy(a);
+	ferry_port_destroy(b);
+}
+
+Test(worker, uncloneable_data_starts_nothing_thread) { uncloneable_data_starts_nothing(FERRY_THREAD); }
+Test(worker, uncloneable_data_starts_nothing_process) { uncloneable_data_starts_nothing(FERRY_PROCESS); }
+
+static int count_open_files(ferry_worker_ctx *ctx)
+{
+	int n = 0;
+	while (n < 1000 && dup(0) >= 0)
+		n++;
+	ferry_port_post_bytes(ferry_worker_ctx_port(ctx), &n, sizeof n, FERRY_FOREVER);
+	return 0;
+}
+
+static int try_big_malloc(ferry_worker_ctx *ctx)
+{
+	void *big = malloc((size_t)1 << 30);
+	int got_big = big != NULL;
+	free(big);
+	ferry_port_post_bytes(ferry_worker_ctx_port(ctx), &got_big, sizeof got_big, FERRY_FOREVER);
+	return 0;
+}
+
+static int limit_result(const struct ferry_worker_opts *o)
+{
+	ferry_worker *w;
+	cr_assert_eq(ferry_worker_spawn(&w, o), 0, "%s", ferry_errmsg());
+	ferry_msg *m;
+	cr_assert_eq(ferry_port_recv(ferry_worker_port(w), &m, T10S), 0, "%s", ferry_errmsg());
+	int r = *(const int *)ferry_msg_data(m);
+	ferry_msg_free(m);
+	join_expect(w, 0, 0);
+	ferry_worker_destroy(w);
+	return r;
+}
+
+Test(worker, process_open_files_limit_applies)
+{
+	struct ferry_worker_opts o = { .backend = FERRY_PROCESS, .entry = count_open_files,
+				       .max_open_files = 32 };
+	int opened = limit_result(&o);
+	cr_assert_lt(opened, 32, "RLIMIT_NOFILE not applied: %d dups", opened);
+	struct rlimit rl;
+	getrlimit(RLIMIT_NOFILE, &rl);
+	cr_assert_gt(rl.rlim_cur, 32, "the parent's limit is untouched");
+}
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define UNDER_SANITIZER 1
+#else
+#define UNDER_SANITIZER 0
+#endif
+
+Test(worker, process_address_space_limit_applies)
+{
+	if (UNDER_SANITIZER)
+		cr_skip("sanitizers reserve terabytes of shadow memory: no RLIMIT_AS under them");
+	struct ferry_worker_opts o = { .backend = FERRY_PROCESS, .entry = try_big_malloc,
+				       .max_address_space = (uint64_t)512 << 20 };
+	cr_assert_eq(limit_result(&o), 0, "RLIMIT_AS not applied: a 1 GiB malloc worked");
+	o.max_address_space = 0;
+	cr_assert_eq(limit_result(&o), 1, "without the limit the malloc works");
+}
+
+static int report_stack(ferry_worker_ctx *ctx)
+{
+	pthread_attr_t a;
+	size_t size = 0;
+	if (pthread_getattr_np(pthread_self(), &a) == 0) {
+		pthread_attr_getstacksize(&a, &size);
+		pthread_attr_destroy(&a);
+	}
+	ferry_port_post_bytes(ferry_worker_ctx_port(ctx), &size, sizeof size, FERRY_FOREVER);
+	return 0;
+}
+
+Test(worker, thread_stack_size_applies)
+{
+	struct ferry_worker_opts o = { .backend = FERRY_THREAD, .entry = report_stack,
+				       .stack_size = 4u << 20 };
+	ferry_worker *w;
+	cr_assert_eq(ferry_worker_spawn(&w, &o), 0, "%s", ferry_errmsg());
+	ferry_msg *m;
+	cr_assert_eq(ferry_port_recv(ferry_worker_port(w), &m, T10S), 0);
+	size_t size = *(const size_t *)ferry_msg_data(m);
+	ferry_msg_free(m);
+	cr_assert_geq(size, 4u << 20);
+	cr_assert_lt(size, 5u << 20);
+	join_expect(w, 0, 0);
+	ferry_worker_destroy(w);
+	o.stack_size = 100;
+	cr_assert_eq(ferry_worker_spawn(&w, &o), -EINVAL);
+	cr_assert(strstr(ferry_errmsg(), "stack_size"), "%s", ferry_errmsg());
+	o.stack_size = 0;
+	o.max_open_files = 10;
+	cr_assert_eq(ferry_worker_spawn(&w, &o), -EINVAL, "process-only limits on a thread");
+}
+
+/* Nested: a worker of each backend spawns one of each backend. */
+static int spawns_both(ferry_worker_ctx *ctx)
+{
+	for (int b = FERRY_THREAD; b <= FERRY_PROCESS; b++) {
+		struct ferry_worker_opts o = { .backend = b, .entry = post_three };
+		ferry_worker *w;
+		if (ferry_worker_spawn(&w, &o))
+			return 1;
+		struct ferry_worker_event ev;
+		int msgs = 0;
+		for (;;) {
+			if (ferry_worker_next(w, &ev, T10S))
+				return 2;
+			if (ev.type == FERRY_WORKER_MESSAGE) {
+				msgs++;
+				ferry_msg_free(ev.msg);
+			}
+			if (ev.type == FERRY_WORKER_EXIT)
+				break;
+		}
+		ferry_worker_destroy(w);
+		if (msgs != 3 || ev.status.code != 4 || ferry_is_main())
+			return 3;
+	}
+	return 0;
+}
+
+Test(worker, nested_from_thread) {
+	ferry_worker *w = spawn(FERRY_THREAD, spawns_both, NULL, 0, NULL);
+	join_expect(w, 0, 0);
+	ferry_worker_destroy(w);
+}
+
+Test(worker, nested_from_process) {
+	ferry_worker *w = spawn(FERRY_PROCESS, spawns_both, NULL, 0, NULL);
+	join_expect(w, 0, 0);
+	ferry_worker_destroy(w);
+}
