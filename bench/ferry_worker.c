@@ -99,7 +99,8 @@ static int rt_round(struct bench_ctx *ctx, ferry_port *p, const char *buf)
 /* Join the worker and turn an abnormal end into the row's error. */
 static int finish_worker(struct bench_ctx *ctx, ferry_worker *w, int r)
 {
-	struct ferry_worker_status st = { 0, 0 };
+	struct ferry_worker_status st;
+	memset(&st, 0, sizeof st);
 	int jr = ferry_worker_join(w, &st, ctx->peer_timeout_ns);
 	ferry_worker_destroy(w);
 	if (r && jr == 0 && st.signal) /* the worker's death is the news */
