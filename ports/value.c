@@ -147,6 +147,27 @@ static struct fv_graph *fv_join(struct fv_graph *a, struct fv_graph *b)
 
 /* ---- hashing, UTF-8, pointer tables ---- */
 
+/* Masks keeping the first n (0..15) bytes of two little-endian words: the
+ * decoder loads 16 bytes of a short key or string at once. */
+const uint64_t ferry__fv_mask16[16][2] = {
+	{0x0000000000000000ull, 0x0000000000000000ull},
+	{0x00000000000000ffull, 0x0000000000000000ull},
+	{0x000000000000ffffull, 0x0000000000000000ull},
+	{0x0000000000ffffffull, 0x0000000000000000ull},
+	{0x00000000ffffffffull, 0x0000000000000000ull},
+	{0x000000ffffffffffull, 0x0000000000000000ull},
+	{0x0000ffffffffffffull, 0x0000000000000000ull},
+	{0x00ffffffffffffffull, 0x0000000000000000ull},
+	{0xffffffffffffffffull, 0x0000000000000000ull},
+	{0xffffffffffffffffull, 0x00000000000000ffull},
+	{0xffffffffffffffffull, 0x000000000000ffffull},
+	{0xffffffffffffffffull, 0x0000000000ffffffull},
+	{0xffffffffffffffffull, 0x00000000ffffffffull},
+	{0xffffffffffffffffull, 0x000000ffffffffffull},
+	{0xffffffffffffffffull, 0x0000ffffffffffffull},
+	{0xffffffffffffffffull, 0x00ffffffffffffffull},
+};
+
 _Atomic uint64_t ferry__fv_seed;
 
 uint64_t ferry__fv_seed_init(void)

@@ -173,17 +173,15 @@ static inline void fv_st64(void *p, uint64_t x)
 	memcpy(p, &x, 8);
 }
 
-/* The low @n (0..8) bytes of a little-endian word. */
-static inline uint64_t fv_low(uint64_t x, size_t n)
-{
-	return n ? x & (~0ull >> (64 - 8 * n)) : 0;
-}
+/* Masks keeping the first @n (0..15) bytes of two little-endian words. */
+extern const uint64_t ferry__fv_mask16[16][2];
 
 #define FV_HIGH_BITS 0x8080808080808080ull
 
 static inline uint64_t fv_seed(void)
 {
-	uint64_t s = __atomic_load_n((uint64_t *)&ferry__fv_seed, __ATOMIC_RELAXED);
+	/* Relaxed: the seed guards no other memory (see ferry__fv_seed_init). */
+	uint64_t s = atomic_load_explicit(&ferry__fv_seed, memory_order_relaxed);
 	return FERRY_LIKELY(s) ? s : ferry__fv_seed_init();
 }
 

@@ -42,23 +42,32 @@
  *   decode also takes float16 and float32. str: text string; bytes: byte
  *   string, under an RFC 8746 tag (64..86, host byte order) when it carries a
  *   typed view. array / map: definite-length arrays and maps; map keys are
- *   text strings. A value reached more than once is written once under tag 28
- *   (shareable) and referred to by tag 29 (sharedref, the index of the
- *   shareable in order of appearance) afterwards: shared children and cycles
- *   arrive with the same shape. A handle is written as a private tag
- *   (FERRY_CLONE_TAG_*) around an index into the message's handle table,
- *   which the encoder fills (first appearance order, each handle once) and
- *   the decoder is given.
+ *   text strings. A value that may be reached more than once (held by more
+ *   than one array or map slot, or the root when anything holds it: each
+ *   value counts the slots that hold it, so a tree costs no lookups) is
+ *   written once under tag 28 (shareable) and referred to by tag 29
+ *   (sharedref: the index of the shareable in order of appearance)
+ *   afterwards; shared children and cycles arrive with the same shape. A
+ *   handle is written as a private tag (FERRY_CLONE_TAG_*) around an index
+ *   into the message's handle table, which the encoder fills (first
+ *   appearance order, each handle pointer once) and the decoder is given.
  *   Decoding is strict and bounded: at most FERRY_CLONE_MAX_DEPTH arrays and
  *   maps nested in one another; every count and length is checked against
- *   the bytes left before anything is allocated (memory used is linear in
- *   the message size); strings and keys must be valid UTF-8; duplicate map
- *   keys, unknown tags, misplaced tags, sharedrefs to values not yet seen,
- *   handle indices outside the table or of the wrong kind, indefinite lengths
- *   (ferry never writes them), integers outside int64, unknown simple values
- *   and trailing bytes are all rejected: -EBADMSG, with the offset and the
- *   reason in ferry_errmsg(). Non-canonical (longer than needed) heads are
- *   accepted.
+ *   the bytes left before anything is allocated, so memory is linear in the
+ *   message size (at worst ~40 bytes of graph per byte: a 1-byte item is a
+ *   32-byte value plus its 8-byte slot); strings and keys must be valid UTF-8
+ *   (no overlongs, surrogates or code points past U+10FFFF); tag 28 may wrap
+ *   any value but a tag 28 or 29, tag 29 and the handle tags an unsigned
+ *   index (of a shareable already seen; within the handle table and of the
+ *   tag's kind), an RFC 8746 tag a byte string of whole elements (big-endian
+ *   ones are swapped to host order; float16/float128 views are refused), and
+ *   map keys no tag at all. Duplicate map keys, unknown tags, indefinite
+ *   lengths (ferry never writes them), integers outside int64, simple values
+ *   other than false/true/null/undefined and trailing bytes are rejected too:
+ *   -EBADMSG, with the byte offset and the reason in ferry_errmsg(), e.g.
+ *   "ferry_clone_decode: text string is not valid UTF-8 (byte 3 of it) at
+ *   offset 37". Non-canonical (longer than needed) heads are accepted. Big
+ *   decoded maps come with their hash index built (it also finds duplicates).
  */
 #ifndef FERRY_VALUE_H
 #define FERRY_VALUE_H
@@ -256,9 +265,9 @@ struct ferry_clone_handle {
  * free what it holds.
  */
 struct ferry_clone_handles {
-	struct ferry_clone_handle *items;
+	struct ferry_clone_handle *items; /* malloc'd; may be realloc'd to add entries */
 	size_t count;
-	size_t cap; /* private */
+	size_t cap; /* entries allocated at items */
 };
 FERRY_API void ferry_clone_handles_init(struct ferry_clone_handles *h);
 FERRY_API void ferry_clone_handles_fini(struct ferry_clone_handles *h);

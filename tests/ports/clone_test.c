@@ -2,6 +2,7 @@
  * every class of malformed input. */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <pthread.h>
 #include <float.h>
 #include <math.h>
 #include <stdio.h>
@@ -727,4 +728,48 @@ Test(clone, random_graphs_round_trip)
 		ferry_clone_handles_fini(&t);
 		ferry_value_free(root);
 	}
+}
+
+struct enc_job {
+	const ferry_value *v;
+	const uint8_t *want;
+	size_t n;
+	int bad;
+};
+
+static void *encode_many(void *arg)
+{
+	struct enc_job *j = arg;
+	struct ferry_clone_handles t;
+	ferry_clone_handles_init(&t);
+	uint8_t *buf = malloc(j->n);
+	for (int i = 0; i < 500; i++) {
+		size_t n;
+		if (ferry_clone_encode(j->v, buf, j->n, &n, &t, NULL) || n != j->n ||
+		    memcmp(buf, j->want, n) != 0)
+			j->bad++;
+	}
+	free(buf);
+	ferry_clone_handles_fini(&t);
+	return NULL;
+}
+
+Test(clone, threads_may_encode_one_graph_at_once)
+{
+	int h[3];
+	ferry_value *v = rich(h);
+	struct ferry_clone_handles t;
+	ferry_clone_handles_init(&t);
+	size_t n;
+	uint8_t *want = encode(v, &n, &t);
+	struct enc_job jobs[2] = {{v, want, n, 0}, {v, want, n, 0}};
+	pthread_t th[2];
+	for (int i = 0; i < 2; i++)
+		cr_assert_eq(pthread_create(&th[i], NULL, encode_many, &jobs[i]), 0);
+	for (int i = 0; i < 2; i++)
+		pthread_join(th[i], NULL);
+	cr_assert_eq(jobs[0].bad + jobs[1].bad, 0);
+	free(want);
+	ferry_clone_handles_fini(&t);
+	ferry_value_free(v);
 }
