@@ -434,6 +434,7 @@ FERRY_API int ferry_port_post(ferry_port *p, const ferry_value *v, const struct 
 		write_body(w + head, &pl, cbor);
 	ferry_ring_spsc_commit(p->tx, rec_len);
 	ferry_ec_notify(&p->txd->data_ec);
+	ferry__port_wake_fd(p);
 
 	/* Committed: now the moves take effect. */
 	for (size_t i = 0; i < nh; i++) {
@@ -464,6 +465,7 @@ static void close_fds(int *fds, unsigned n)
 static int recv_fds(ferry_port *p, uint64_t seq, int *fds, unsigned n)
 {
 	unsigned got = 0, index = 0;
+	ferry__port_drain_wakes(p);
 	while (got < n) {
 		struct fd_batch bh;
 		unsigned k = 0;
@@ -476,6 +478,7 @@ static int recv_fds(ferry_port *p, uint64_t seq, int *fds, unsigned n)
 					   "ferry_port_recv: receiving the message's fds: %s", ferry_strerror(rc));
 		if (bh.seq < seq) { /* left over from a post that failed halfway */
 			close_fds(fds + got, k);
+			ferry__port_drain_wakes(p);
 			continue;
 		}
 		if (bh.seq != seq || bh.index != index || bh.count != k || k != want) {

@@ -375,6 +375,7 @@ int ferry__port_post_raw(ferry_port *p, uint32_t kind, const void *data, size_t 
 		memcpy((char *)a.where + sizeof wh, data, len);
 	ferry_ring_spsc_commit(p->tx, a.len);
 	ferry_ec_notify(&p->txd->data_ec);
+	ferry__port_wake_fd(p);
 	return 0;
 }
 
@@ -388,6 +389,68 @@ static int try_peek(ferry_port *p, void *arg)
 	if (rc == 0)
 		rec[1] = (const void *)(uintptr_t)len;
 	return rc;
+}
+
+/*
+ * The pollable fd is the port's end of the control socket: readable when a
+ * wake packet, an fd batch or the peer's hang-up is there. Arming it follows
+ * the eventcount's protocol with the fd_waiting word: announce (seq_cst),
+ * re-check the ring, and only then tell the caller to poll. The producer
+ * loads fd_waiting after its commit and its seq_cst fence (in
+ * ferry_ec_notify), so one of the two sees the other.
+ */
+static int arm_fd(ferry_port *p, const void **rec)
+{
+	ferry__port_drain_wakes(p);
+	atomic_store_explicit(&p->rxd->fd_waiting, 1, memory_order_seq_cst);
+	atomic_thread_fence(memory_order_seq_cst);
+	int rc = try_peek(p, rec);
+	if (rc == -EAGAIN && peer_hung_up(p)) {
+		/* The hang-up keeps the fd readable: report it, after one last
+		 * look for what the peer committed before it went. */
+		rc = try_peek(p, rec);
+		if (rc == -EAGAIN)
+			rc = -EPIPE;
+	}
+	if (rc != -EAGAIN) /* no wake needed */
+		atomic_store_explicit(&p->rxd->fd_waiting, 0, memory_order_relaxed);
+	return rc;
+}
+
+void ferry__port_wake_fd(ferry_port *p)
+{
+	/* Ordered after the commit by the seq_cst fence in ferry_ec_notify. */
+	if (!atomic_load_explicit(&p->txd->fd_waiting, memory_order_relaxed))
+		return;
+	if (!atomic_exchange_explicit(&p->txd->fd_waiting, 0, memory_order_relaxed))
+		return;
+	/* A full socket buffer already makes the peer readable. */
+	char w = 'w';
+	send(p->sock, &w, 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+}
+
+void ferry__port_drain_wakes(ferry_port *p)
+{
+	char buf[8];
+	for (;;) {
+		/* MSG_TRUNC: the packet's real length, so an fd batch (longer than
+		 * one byte) is recognised and left in place, fds and all. */
+		ssize_t n = recv(p->sock, buf, 1, MSG_PEEK | MSG_DONTWAIT | MSG_TRUNC);
+		if (n != 1)
+			return;
+		if (recv(p->sock, buf, 1, MSG_DONTWAIT) != 1)
+			return;
+	}
+}
+
+FERRY_API int ferry_port_fd(ferry_port *p)
+{
+	if (!p)
+		return ferry__fail(-EINVAL, "ferry_port_fd: port is NULL");
+	if (p->detached)
+		return ferry__fail(FERRY_EDETACHED, "ferry_port_fd: the port was transferred away");
+	p->fd_mode = 1;
+	return p->sock;
 }
 
 static void consume(ferry_port *p)
@@ -438,6 +501,8 @@ int ferry__port_recv_any(ferry_port *p, ferry_msg **msg, int64_t timeout_ns)
 		}
 		const void *rec[2];
 		int rc = ferry__port_wait(p, &p->rxd->data_ec, try_peek, rec, left);
+		if (rc == -EAGAIN && timeout_ns == 0 && p->fd_mode)
+			rc = arm_fd(p, rec);
 		if (rc == -EAGAIN && timeout_ns > 0)
 			rc = -ETIMEDOUT;
 		switch (rc) {

@@ -28,6 +28,10 @@ struct chan_dir {
 	 * Here, not in the port, so that a port that moves to another process
 	 * goes on counting where its previous owner stopped. Producer-owned. */
 	_Atomic uint64_t fd_seq;
+	/* Set by the consumer when it waits on its pollable fd (ferry_port_fd)
+	 * instead of the eventcount; the producer then sends a 1-byte wake on
+	 * the control socket. Beside data_ec: the producer reads both. */
+	_Atomic uint32_t fd_waiting;
 };
 
 struct chan_hdr {
@@ -73,6 +77,7 @@ struct ferry_port {
 	size_t max_message;         /* largest message, spilled or not */
 	uint64_t chan_id;           /* the segment's inode: same channel across processes */
 	unsigned char *scratch;     /* clone encoding space of the sender (msg.c) */
+	int fd_mode;                /* ferry_port_fd was asked for: arm it on -EAGAIN */
 	/* Control records reaching ferry_port_recv go here (runtime/worker.c). */
 	void (*ctrl_fn)(void *arg, const struct ferry_msg *msg);
 	void *ctrl_arg;
@@ -122,6 +127,14 @@ int ferry__port_recv_any(ferry_port *p, ferry_msg **msg, int64_t timeout_ns);
 /* ferry_port_post_bytes with a record kind (WIRE_RAW or WIRE_CTRL). */
 int ferry__port_post_raw(ferry_port *p, uint32_t kind, const void *data, size_t len,
 			 int64_t timeout_ns);
+
+/* Producer side, after a commit and its eventcount notify: wake a consumer
+ * that waits on its pollable fd. */
+void ferry__port_wake_fd(ferry_port *p);
+
+/* Consume the 1-byte wake packets at the head of the control socket (never
+ * an fd batch). */
+void ferry__port_drain_wakes(ferry_port *p);
 
 /* Open a port on side @side of the channel in @seg (taking the reference)
  * with control socket @sock. */

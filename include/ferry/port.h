@@ -164,6 +164,19 @@ FERRY_API void ferry_port_close(ferry_port *port);
 /* ferry_port_destroy - close (if not yet) and free the handle. NULL ok. */
 FERRY_API void ferry_port_destroy(ferry_port *port);
 
+/*
+ * ferry_port_fd - a file descriptor to embed @port in an epoll, poll, libuv
+ * or io_uring loop. It becomes readable when a message waits or the peer is
+ * gone (then also POLLHUP). Pattern (edge-triggered, like a non-blocking
+ * socket): drain with ferry_port_recv(port, &m, 0) until -EAGAIN, then poll;
+ * that -EAGAIN is what arms the fd, so a message posted after it always
+ * wakes the poll. The fd is signalled only when the receiver armed it: a
+ * sender to a busy receiver makes no syscall. The fd stays the port's (do
+ * not close or read it; it changes if the port is transferred).
+ * Returns: the fd, -EINVAL, FERRY_EDETACHED.
+ */
+FERRY_API int ferry_port_fd(ferry_port *port);
+
 /* Largest message ferry_port_post_bytes accepts on this port. */
 FERRY_API size_t ferry_port_max_message(const ferry_port *port);
 
