@@ -1,4 +1,5 @@
-/* crit-lite runner: see criterion/criterion.h. */
+/* crit-lite runner: see criterion/criterion.h. Used by the TSan build, and by
+ * the ASan build so that a leaking test fails. */
 #include "criterion/criterion.h"
 
 #include <errno.h>
@@ -9,6 +10,13 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/lsan_interface.h>
+#define LEAK_CHECK() __lsan_do_recoverable_leak_check()
+#else
+#define LEAK_CHECK() 0
+#endif
 
 #define MAX_TESTS 1024
 #define MAX_SUITES 128
@@ -50,6 +58,12 @@ static void end_test(int code)
 		cur_test->fini();
 	if (cur_suite->fini)
 		cur_suite->fini();
+	/* Under ASan, a test that leaks fails (LeakSanitizer's own exit-time
+	 * check never runs: the child leaves with _exit). */
+	if (LEAK_CHECK()) {
+		fprintf(stderr, "[----] LeakSanitizer: the test leaked memory (report above)\n");
+		failures++;
+	}
 	fflush(NULL);
 	_exit(code ? code : failures ? 1 : 0);
 }
