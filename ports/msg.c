@@ -81,26 +81,18 @@ struct plan {
 	struct ferry_clone_handles table; /* from the encoder, then the xfer extras */
 	unsigned char *transferred;        /* per handle: listed in xfer */
 	struct handle_desc *descs;
-	ferry_seg **clone_segs;            /* per handle: a segment made for a cloned buffer */
 	int fds[MAX_FDS];
 	unsigned nfds;
 	size_t inline_len;
-	unsigned char *cbor;               /* an encoding too big for the scratch, or NULL */
-	const unsigned char *cbor_data;    /* where the encoding is (scratch or cbor) */
+	const unsigned char *cbor_data;    /* the encoding (in the port's scratch) */
 	size_t cbor_len;
-	ferry_seg *spill;
+	ferry_seg *spill;                  /* borrowed from the port's cache */
 };
 
 static void plan_fini(struct plan *pl)
 {
-	if (pl->clone_segs)
-		for (size_t i = 0; i < pl->table.count; i++)
-			ferry_seg_unref(pl->clone_segs[i]);
-	free(pl->clone_segs);
 	free(pl->descs);
 	free(pl->transferred);
-	free(pl->cbor);
-	ferry_seg_unref(pl->spill);
 	ferry_clone_handles_fini(&pl->table);
 }
 
@@ -182,30 +174,32 @@ static int in_table(const struct ferry_clone_handles *t, const void *h)
 	return 0;
 }
 
-/* Encode @v into the port's scratch buffer (one sender per port at a time),
- * or into memory of the exact size when larger, filling the handle table. */
+/* Encode @v into the port's scratch buffer (one sender per port at a time).
+ * The buffer grows to the largest clone seen and stays, warm: fresh memory
+ * for every large message costs page faults that dwarf the copy. */
 static int encode(ferry_port *p, const ferry_value *v, struct plan *pl)
 {
 	if (!p->scratch) {
 		p->scratch = malloc(SCRATCH_BYTES);
 		if (!p->scratch)
 			return ferry__fail(-ENOMEM, "ferry_port_post: out of memory");
+		p->scratch_cap = SCRATCH_BYTES;
 	}
 	size_t len;
-	int rc = ferry_clone_encode(v, p->scratch, SCRATCH_BYTES, &len, &pl->table, NULL);
-	if (rc == 0) {
-		pl->cbor_data = p->scratch;
-		pl->cbor_len = len;
-		return 0;
+	int rc = ferry_clone_encode(v, p->scratch, p->scratch_cap, &len, &pl->table, NULL);
+	if (rc == -ENOBUFS) {
+		unsigned char *n = realloc(p->scratch, len);
+		if (!n)
+			return ferry__fail(-ENOMEM, "ferry_port_post: out of memory for a %zu-byte clone", len);
+		p->scratch = n;
+		p->scratch_cap = len;
+		rc = ferry_clone_encode(v, p->scratch, p->scratch_cap, &len, &pl->table, NULL);
 	}
-	if (rc != -ENOBUFS)
+	if (rc)
 		return rc;
-	/* Larger than the scratch: encode once more into memory of the exact size. */
-	pl->cbor = malloc(len ? len : 1);
-	if (!pl->cbor)
-		return ferry__fail(-ENOMEM, "ferry_port_post: out of memory for a %zu-byte clone", len);
-	pl->cbor_data = pl->cbor;
-	return ferry_clone_encode(v, pl->cbor, len, &pl->cbor_len, &pl->table, NULL);
+	pl->cbor_data = p->scratch;
+	pl->cbor_len = len;
+	return 0;
 }
 
 static int plan_handles(const struct ferry_xfer *x, struct plan *pl)
@@ -247,8 +241,7 @@ static int plan_handles(const struct ferry_xfer *x, struct plan *pl)
 	size_t n = t->count;
 	pl->descs = calloc(n ? n : 1, sizeof *pl->descs);
 	pl->transferred = calloc(n ? n : 1, 1);
-	pl->clone_segs = calloc(n ? n : 1, sizeof *pl->clone_segs);
-	if (!pl->descs || !pl->transferred || !pl->clone_segs)
+	if (!pl->descs || !pl->transferred)
 		return ferry__fail(-ENOMEM, "ferry_port_post: out of memory");
 
 	for (size_t i = 0; i < n; i++) {
@@ -274,21 +267,15 @@ static int plan_handles(const struct ferry_xfer *x, struct plan *pl)
 		pl->transferred[i] = x && in_list((void *const *)x->bufs, x->nbufs, b);
 		ferry_seg *seg = ferry__buf_seg(b);
 		if (pl->transferred[i] && seg) {
+			/* A move: the pages go, one fd whatever the size. */
 			d->type = H_BUF_SEG;
 			pl->fds[pl->nfds++] = ferry_seg_fd(seg);
-		} else if (len < FERRY_BUF_SEG_MIN) {
+		} else {
+			/* A clone (or a move of heap bytes): one copy into the body,
+			 * which spills to a reused segment when the ring is too small. */
 			d->type = H_BUF_INLINE;
 			d->off = pl->cbor_len + pl->inline_len;
 			pl->inline_len += len;
-		} else {
-			/* A large clone gets a segment of its own: the copy is made
-			 * once, and the receiver maps it. */
-			int rc = ferry_seg_create(&pl->clone_segs[i], len, "ferry-buf");
-			if (rc)
-				return rc;
-			memcpy(ferry_seg_data(pl->clone_segs[i]), ferry_buf_data(b), len);
-			d->type = H_BUF_SEG;
-			pl->fds[pl->nfds++] = ferry_seg_fd(pl->clone_segs[i]);
 		}
 	}
 	return 0;
@@ -315,6 +302,132 @@ static int send_fds(ferry_port *p, uint64_t seq, const int *fds, unsigned n, int
 		i += k;
 	}
 	return 0;
+}
+
+/*
+ * Spill segments. A body too big for the ring goes into a segment that
+ * starts with this header; the sender keeps a few and reuses one once the
+ * receiver has cleared its busy word after decoding (so the memory is
+ * allocated and faulted in once, not per message), and the receiver keeps
+ * the mappings of the last few it saw, found again by inode.
+ */
+#define SPILL_MAGIC 0x6c6c697079726566ull /* "ferryspill" */
+#define SPILL_HDR ((size_t)64)
+
+struct spill_hdr {
+	uint64_t magic;
+	_Atomic uint32_t busy; /* sender sets, receiver clears when done */
+};
+
+static int spill_take(ferry_port *p, size_t body_len, ferry_seg **out)
+{
+	size_t need = SPILL_HDR + body_len;
+	int slot = -1;
+	for (int i = 0; i < FERRY_SPILL_CACHE; i++) {
+		ferry_seg *s = p->spill_tx[i];
+		if (!s) {
+			if (slot < 0)
+				slot = i;
+			continue;
+		}
+		struct spill_hdr *h = ferry_seg_data(s);
+		/* acquire: pairs with the receiver's release once it has decoded. */
+		if (atomic_load_explicit(&h->busy, memory_order_acquire))
+			continue;
+		if (ferry_seg_size(s) >= need) {
+			atomic_store_explicit(&h->busy, 1, memory_order_relaxed);
+			*out = s;
+			return 0;
+		}
+		slot = i; /* idle but small: replace it */
+	}
+	if (slot < 0)
+		slot = 0; /* all busy (a receiver lagging or gone): let the oldest go */
+	/* Round up so that messages of similar sizes share a segment. */
+	size_t size = 1u << 16;
+	while (size < need)
+		size <<= 1;
+	ferry_seg *s;
+	int rc = ferry_seg_create(&s, size, "ferry-message");
+	if (rc)
+		return rc;
+	struct spill_hdr *h = ferry_seg_data(s);
+	h->magic = SPILL_MAGIC;
+	atomic_store_explicit(&h->busy, 1, memory_order_relaxed);
+	ferry_seg_unref(p->spill_tx[slot]);
+	p->spill_tx[slot] = s;
+	*out = s;
+	return 0;
+}
+
+/* A post that took a spill segment and failed before the commit. */
+static void spill_put_back(ferry_seg *s)
+{
+	if (s)
+		atomic_store_explicit(&((struct spill_hdr *)ferry_seg_data(s))->busy, 0,
+				      memory_order_release);
+}
+
+/* The receiver's mapping of the spill segment behind @fd (consumed). */
+static int spill_map(ferry_port *p, int fd, size_t body_len, ferry_seg **out)
+{
+	struct stat st;
+	if (fstat(fd, &st) < 0) {
+		int rc = ferry__errno(-errno, "ferry_port_recv: fstat of a spilled message");
+		close(fd);
+		return rc;
+	}
+	uint64_t id = ((uint64_t)st.st_dev << 32) ^ (uint64_t)st.st_ino;
+	int victim = 0;
+	for (int i = 0; i < FERRY_SPILL_CACHE; i++) {
+		struct spill_rx *c = &p->spill_rx[i];
+		if (c->seg && c->id == id && ferry_seg_size(c->seg) >= SPILL_HDR + body_len) {
+			close(fd); /* the same memfd, mapped already (its seals fix the size) */
+			c->used = ++p->spill_clock;
+			*out = c->seg;
+			return 0;
+		}
+		if (!c->seg || c->used < p->spill_rx[victim].used)
+			victim = i;
+	}
+	ferry_seg *s;
+	int rc = ferry_seg_import(&s, fd, SPILL_HDR + body_len);
+	if (rc)
+		return rc;
+	if (((struct spill_hdr *)ferry_seg_data(s))->magic != SPILL_MAGIC) {
+		ferry_seg_unref(s);
+		return ferry__fail(-EBADMSG, "ferry_port_recv: a spilled message's segment has no spill header");
+	}
+	struct spill_rx *c = &p->spill_rx[victim];
+	ferry_seg_unref(c->seg);
+	c->seg = s;
+	c->id = id;
+	c->used = ++p->spill_clock;
+	*out = s;
+	return 0;
+}
+
+/* The receiver is done with a spill segment: the sender may reuse it. */
+static void spill_release(ferry_seg *s)
+{
+	if (s)
+		/* release: pairs with the acquire in spill_take; our reads of the
+		 * body happen before the sender's next writes. */
+		atomic_store_explicit(&((struct spill_hdr *)ferry_seg_data(s))->busy, 0,
+				      memory_order_release);
+}
+
+void ferry__msg_port_fini(ferry_port *p)
+{
+	for (int i = 0; i < FERRY_SPILL_CACHE; i++) {
+		ferry_seg_unref(p->spill_tx[i]);
+		p->spill_tx[i] = NULL;
+		ferry_seg_unref(p->spill_rx[i].seg);
+		p->spill_rx[i].seg = NULL;
+	}
+	free(p->scratch);
+	p->scratch = NULL;
+	p->scratch_cap = 0;
 }
 
 struct reserve_arg {
@@ -373,12 +486,12 @@ FERRY_API int ferry_port_post(ferry_port *p, const ferry_value *v, const struct 
 			plan_fini(&pl);
 			return ferry__fail(-EMSGSIZE, "ferry_port_post: %zu handles do not fit this port's ring", nh);
 		}
-		rc = ferry_seg_create(&pl.spill, body_len ? body_len : 1, "ferry-message");
+		rc = spill_take(p, body_len, &pl.spill);
 		if (rc) {
 			plan_fini(&pl);
 			return rc;
 		}
-		write_body(ferry_seg_data(pl.spill), &pl, cbor);
+		write_body((unsigned char *)ferry_seg_data(pl.spill) + SPILL_HDR, &pl, cbor);
 		pl.fds[pl.nfds++] = ferry_seg_fd(pl.spill);
 		rec_len = head;
 		spilled = 1;
@@ -387,6 +500,7 @@ FERRY_API int ferry_port_post(ferry_port *p, const ferry_value *v, const struct 
 	struct reserve_arg ra = { .len = rec_len };
 	rc = ferry__port_wait(p, &p->txd->space_ec, try_reserve_rec, &ra, timeout_ns);
 	if (rc) {
+		spill_put_back(pl.spill);
 		plan_fini(&pl);
 		if (rc == -EPIPE)
 			return ferry__fail(rc, "ferry_port_post: the channel is closed%s",
@@ -421,6 +535,7 @@ FERRY_API int ferry_port_post(ferry_port *p, const ferry_value *v, const struct 
 			memcpy(w, &vh, sizeof vh);
 			ferry_ring_spsc_commit(p->tx, sizeof vh);
 			ferry_ec_notify(&p->txd->data_ec);
+			spill_put_back(pl.spill);
 			plan_fini(&pl);
 			return ferry__fail(rc, "ferry_port_post: passing %u fds failed: %s", ch.nfds,
 					   ferry_strerror(rc));
@@ -586,10 +701,16 @@ int ferry__msg_decode(ferry_port *p, const unsigned char *rec, size_t len, ferry
 		}
 		int fd = fds[nfds - 1];
 		fds[nfds - 1] = -1;
-		rc = ferry_seg_import(&spill, fd, ch.body_len ? ch.body_len : 1);
+		if (ch.body_len > FERRY_BUF_MAX) {
+			close(fd);
+			rc = ferry__fail(-EBADMSG, "ferry_port_recv: spilled body of %llu bytes",
+					 (unsigned long long)ch.body_len);
+			goto fail;
+		}
+		rc = spill_map(p, fd, ch.body_len, &spill);
 		if (rc)
 			goto fail;
-		body = ferry_seg_data(spill);
+		body = (const unsigned char *)ferry_seg_data(spill) + SPILL_HDR;
 	} else {
 		if (ch.body_len != len) {
 			rc = ferry__fail(-EBADMSG, "ferry_port_recv: body of %llu bytes in a record with %zu",
@@ -673,7 +794,7 @@ int ferry__msg_decode(ferry_port *p, const unsigned char *rec, size_t len, ferry
 	}
 	m->handles = hs;
 	m->nhandles = ch.nhandles;
-	ferry_seg_unref(spill);
+	spill_release(spill);
 	free(descs);
 	free(table);
 	*out = m;
@@ -683,7 +804,7 @@ fail:
 	if (hs)
 		free_handles(hs, ch.nhandles <= FERRY_MSG_MAX_HANDLES ? ch.nhandles : 0);
 	close_fds(fds, nfds);
-	ferry_seg_unref(spill);
+	spill_release(spill);
 	free(descs);
 	free(hs);
 	free(table);

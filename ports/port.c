@@ -628,8 +628,7 @@ void ferry__port_detach(ferry_port *p)
 	p->sock = -1;
 	ferry_seg_unref(p->seg);
 	p->seg = NULL;
-	free(p->scratch);
-	p->scratch = NULL;
+	ferry__msg_port_fini(p);
 	p->detached = 1;
 }
 
@@ -641,7 +640,7 @@ void ferry__port_forget(ferry_port *p)
 	if (p->sock >= 0)
 		close(p->sock);
 	ferry_seg_unref(p->seg);
-	free(p->scratch);
+	ferry__msg_port_fini(p);
 	free(p);
 }
 

@@ -57,6 +57,9 @@ enum wire_kind {
 	WIRE_CTRL = 4,  /* a runtime control record (online, error): not for the user */
 };
 
+/* Spill segments each port keeps for reuse, on either side. */
+#define FERRY_SPILL_CACHE 4
+
 /* One end of a channel, private to the process that holds it. */
 struct ferry_port {
 	struct ferry_port *next, *prev; /* the process's registry of live ports */
@@ -77,6 +80,16 @@ struct ferry_port {
 	size_t max_message;         /* largest message, spilled or not */
 	uint64_t chan_id;           /* the segment's inode: same channel across processes */
 	unsigned char *scratch;     /* clone encoding space of the sender (msg.c) */
+	size_t scratch_cap;
+	/* Spill segments this sender reuses once the receiver has let go of
+	 * them, and the ones this receiver keeps mapped (msg.c). */
+	ferry_seg *spill_tx[FERRY_SPILL_CACHE];
+	struct spill_rx {
+		uint64_t id;        /* (dev, inode) of the memfd */
+		ferry_seg *seg;
+		uint64_t used;      /* last use, for eviction */
+	} spill_rx[FERRY_SPILL_CACHE];
+	uint64_t spill_clock;
 	int fd_mode;                /* ferry_port_fd was asked for: arm it on -EAGAIN */
 	/* Control records reaching ferry_port_recv go here (runtime/worker.c). */
 	void (*ctrl_fn)(void *arg, const struct ferry_msg *msg);
@@ -135,6 +148,9 @@ void ferry__port_wake_fd(ferry_port *p);
 /* Consume the 1-byte wake packets at the head of the control socket (never
  * an fd batch). */
 void ferry__port_drain_wakes(ferry_port *p);
+
+/* Release the spill segments @p keeps (msg.c). */
+void ferry__msg_port_fini(ferry_port *p);
 
 /* Open a port on side @side of the channel in @seg (taking the reference)
  * with control socket @sock. */

@@ -75,10 +75,21 @@ int ferry__buf_from_seg(ferry_buf **out, ferry_seg *seg, size_t len, int shared)
 
 int ferry__buf_from_bytes(ferry_buf **out, const void *data, size_t len)
 {
-	int rc = ferry_buf_create(out, len, 0);
-	if (rc == 0 && len)
-		memcpy(ferry_buf_data(*out), data, len);
-	return rc;
+	/* On the heap whatever the size: a clone arriving is copied once anyway,
+	 * and heap memory the allocator reuses is warm, a fresh segment is not. */
+	ferry_buf *b = handle_new();
+	if (!b)
+		return -ENOMEM;
+	b->data = len ? malloc(len) : empty_bytes;
+	if (!b->data) {
+		free(b);
+		return ferry__fail(-ENOMEM, "ferry_port_recv: out of memory for a %zu-byte buffer", len);
+	}
+	if (len)
+		memcpy(b->data, data, len);
+	b->len = len;
+	*out = b;
+	return 0;
 }
 
 FERRY_API void *ferry_buf_data(const ferry_buf *b)

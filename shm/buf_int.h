@@ -15,7 +15,7 @@ void ferry__buf_detach(ferry_buf *buf);
 /* A new handle over @seg (taking the caller's reference), @len bytes of it. */
 int ferry__buf_from_seg(ferry_buf **out, ferry_seg *seg, size_t len, int shared);
 
-/* A new plain buffer holding a copy of @len bytes at @data. */
+/* A new plain buffer on the heap holding a copy of @len bytes at @data. */
 int ferry__buf_from_bytes(ferry_buf **out, const void *data, size_t len);
 
 #endif

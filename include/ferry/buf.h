@@ -5,10 +5,12 @@
  * receiver gets a copy. Listed in the message's transfer list it moves
  * instead: the sender's handle is detached (length 0, data NULL, every
  * operation FERRY_EDETACHED) and the receiver gets the very same pages. A
- * buffer of FERRY_BUF_SEG_MIN bytes or more lives in a sealed memfd segment
- * of its own, so moving it to another process costs an fd and a mapping,
- * whatever its size; a smaller one is copied under the hood, which a move
- * cannot tell from zero-copy.
+ * buffer created with FERRY_BUF_SEG_MIN bytes or more lives in a sealed
+ * memfd segment of its own, so moving it to another process costs an fd and
+ * a mapping, whatever its size; a smaller one is copied under the hood,
+ * which a move cannot tell from zero-copy. A buffer that arrived as a clone
+ * lives on the heap (it was copied once on the way already); moving it on
+ * copies it once more.
  *
  * A shared buffer (FERRY_BUF_SHARED, SharedArrayBuffer) is never copied: every
  * message that references it gives the receiver a new handle to the same

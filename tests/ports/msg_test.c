@@ -719,3 +719,32 @@ Test(msg, raw_and_clone_interleave_in_order)
 	ferry_port_destroy(a);
 	ferry_port_destroy(b);
 }
+
+/* Large clones spill into segments that are reused, not made per message:
+ * the number of memfd mappings stays bounded however many go by. */
+Test(msg, spill_segments_are_reused)
+{
+	ferry_port *a, *b;
+	cr_assert_eq(ferry_channel(&a, &b, NULL), 0);
+	int before = tu_count_maps();
+	for (int i = 0; i < 30; i++) {
+		size_t n = (size_t)(1 + i % 3) << 20;
+		ferry_value *v = ferry_value_bytes(NULL, n);
+		unsigned char *d = ferry_value_get_bytes(v, NULL);
+		memset(d, i, n);
+		cr_assert_eq(ferry_port_post(a, v, NULL, T10S), 0, "%s", ferry_errmsg());
+		ferry_msg *m = recv_ok(b);
+		size_t len;
+		const unsigned char *got = ferry_value_get_bytes(ferry_msg_value(m), &len);
+		cr_assert_eq(len, n);
+		cr_assert_eq(got[0], (unsigned char)i);
+		cr_assert_eq(got[n - 1], (unsigned char)i);
+		ferry_msg_free(m);
+		ferry_value_free(v);
+		/* sender cache + receiver cache, at most */
+		cr_assert_leq(tu_count_maps(), before + 2 * FERRY_SPILL_CACHE,
+			      "spill segments pile up: %d mappings", tu_count_maps());
+	}
+	ferry_port_destroy(a);
+	ferry_port_destroy(b);
+}
