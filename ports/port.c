@@ -403,7 +403,7 @@ static int arm_fd(ferry_port *p, const void **rec)
 {
 	ferry__port_drain_wakes(p);
 	atomic_store_explicit(&p->rxd->fd_waiting, 1, memory_order_seq_cst);
-	atomic_thread_fence(memory_order_seq_cst);
+	ferry__full_fence();
 	int rc = try_peek(p, rec);
 	if (rc == -EAGAIN && peer_hung_up(p)) {
 		/* The hang-up keeps the fd readable: report it, after one last

@@ -65,31 +65,6 @@ static_assert(sizeof(struct ferry_ec) == sizeof(uint32_t) &&
 
 #define EC_SLEEPER 1u /* low bit of ferry_ec.word: someone announced a sleep */
 
-#if defined(__SANITIZE_THREAD__)
-#define FERRY_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define FERRY_TSAN 1
-#endif
-#endif
-
-/*
- * A seq_cst fence. TSan does not model fences (GCC warns -Wtsan and our
- * builds use -Werror), and it never reports ordering between atomics anyway,
- * only races on plain data; so under TSan we emit the hardware barrier the
- * fence compiles to, which keeps the Dekker handshake real in TSan runs.
- */
-static inline void full_fence(void)
-{
-#if defined(FERRY_TSAN) && (defined(__x86_64__) || defined(__i386__))
-	__asm__ __volatile__("mfence" ::: "memory");
-#elif defined(FERRY_TSAN) && defined(__aarch64__)
-	__asm__ __volatile__("dmb ish" ::: "memory");
-#else
-	__atomic_thread_fence(__ATOMIC_SEQ_CST);
-#endif
-}
-
 static inline long sys_futex(uint32_t *uaddr, int op, uint32_t val, const struct timespec *ts,
 			     uint32_t val3)
 {
@@ -281,7 +256,7 @@ FERRY_API int ferry_ec_notify(struct ferry_ec *ec)
 {
 	/* seq_cst fence: pairs with the seq_cst RMW in ferry_ec_prepare; orders
 	 * the caller's store making C true before the load of the word below. */
-	full_fence();
+	ferry__full_fence();
 	/* relaxed: the fence above does the ordering; this is the fast path. */
 	uint32_t w = __atomic_load_n(&ec->word, __ATOMIC_RELAXED);
 	if (FERRY_LIKELY(!(w & EC_SLEEPER)))

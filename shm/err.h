@@ -36,6 +36,30 @@ static inline int64_t ferry__remaining(int64_t deadline)
 	return left > 0 ? left : 0;
 }
 
+/*
+ * A full (seq_cst) fence. Under TSan, GCC rejects atomic_thread_fence
+ * (-Wtsan: TSan does not model fences), so the same instruction is issued
+ * by hand there; TSan then sees no ordering from it, which only makes it
+ * stricter about the accesses around it.
+ */
+#if defined(__SANITIZE_THREAD__)
+#define FERRY_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define FERRY_TSAN 1
+#endif
+#endif
+static inline void ferry__full_fence(void)
+{
+#if defined(FERRY_TSAN) && (defined(__x86_64__) || defined(__i386__))
+	__asm__ __volatile__("mfence" ::: "memory");
+#elif defined(FERRY_TSAN) && defined(__aarch64__)
+	__asm__ __volatile__("dmb ish" ::: "memory");
+#else
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+#endif
+}
+
 static inline void ferry__cpu_relax(void)
 {
 #if defined(__x86_64__) || defined(__i386__)
