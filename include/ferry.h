@@ -9,6 +9,7 @@
 #include "ferry/ring.h"
 #include "ferry/value.h"
 #include "ferry/port.h"
+#include "ferry/endpoint.h"
 #include "ferry/worker.h"
 
 #endif /* FERRY_H */
