@@ -11,5 +11,6 @@
 #include "ferry/port.h"
 #include "ferry/endpoint.h"
 #include "ferry/worker.h"
+#include "ferry/loop.h"
 
 #endif /* FERRY_H */
