@@ -221,6 +221,48 @@ FERRY_API int ferry_wait_async(ferry_loop *loop, uint32_t *word, uint32_t expect
 FERRY_API int ferry_loop_watch_ec(ferry_loop *loop, struct ferry_ec *ec, ferry_loop_ready_fn ready,
 				  ferry_loop_fn cb, void *arg, uint64_t *id);
 
+/* ---- ports in a loop ---- */
+
+struct ferry_port;
+struct ferry_msg;
+
+/*
+ * A port's messages as loop callbacks: @msg is the callee's (ferry_msg_free)
+ * with @err 0; a message that failed to decode comes as @msg NULL with its
+ * error (-EBADMSG: messageerror), and the last call has @err -EPIPE (the
+ * peer closed or died; everything it posted was delivered first), after
+ * which the watch has stopped.
+ */
+typedef void (*ferry_loop_port_fn)(ferry_loop *loop, struct ferry_port *port,
+				   struct ferry_msg *msg, int err, void *arg);
+
+/* A port watch; the caller's memory, valid until stopped (like a libuv
+ * handle). Fields are private. */
+struct ferry_loop_port_watch {
+	struct ferry_port *port;
+	ferry_loop_port_fn cb;
+	void *arg;
+	uint64_t ec_id, fd_id;
+	int active;
+};
+
+/*
+ * ferry_loop_port_start - deliver @port's messages to @cb on @loop. Messages
+ * are waited for on the port's eventcount (io_uring FUTEX_WAIT, or the epoll
+ * backend's helper), and the peer's death on the port's control socket: a
+ * sender to a busy loop makes no syscall. At most FERRY_LOOP_BATCH messages
+ * per loop iteration, so a flood cannot starve other sources. Do not receive
+ * from @port elsewhere while it is watched.
+ * Returns: 0, -EINVAL (NULL argument, already active), FERRY_EDETACHED,
+ *   -ENOMEM.
+ */
+FERRY_API int ferry_loop_port_start(ferry_loop *loop, struct ferry_loop_port_watch *w,
+				    struct ferry_port *port, ferry_loop_port_fn cb, void *arg);
+
+/* ferry_loop_port_stop - stop watching; safe from any callback, the
+ * watch's own included. Idempotent. Returns 0 or -EINVAL. */
+FERRY_API int ferry_loop_port_stop(ferry_loop *loop, struct ferry_loop_port_watch *w);
+
 /*
  * ferry_loop_cancel - end source @id now; its callback will not run again.
  * Safe from any callback, including the source's own, and while a kernel
