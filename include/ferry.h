@@ -11,6 +11,7 @@
 #include "ferry/port.h"
 #include "ferry/endpoint.h"
 #include "ferry/worker.h"
+#include "ferry/runtime.h"
 #include "ferry/loop.h"
 
 #endif /* FERRY_H */

@@ -21,6 +21,12 @@
  *   control socket (so peers' liveness is not held by this child), runs the
  *   entry and leaves with _exit, never returning into the caller's stack. The
  *   parent waits on a pidfd.
+ *   Through the fork server (runtime/forkserver.c): the server forks; its
+ *   child imports the worker's port from the fds it was sent, copies the
+ *   data out of a sealed segment, and from there takes the same path as a
+ *   directly forked child (process_run). The parent forgets its copy of the
+ *   worker's port, waits on the pidfd the server sent, and gets the exit
+ *   status from the server.
  *
  * Terminate: a process gets SIGTERM, then SIGKILL after the grace period. A
  * thread gets its stop flag set (shm/cancel.h) and its port's eventcounts
@@ -30,6 +36,7 @@
 #include "ferry/value.h"
 #include "ferry/worker.h"
 #include "ports/port_int.h"
+#include "runtime/forkserver_int.h"
 #include "shm/cancel.h"
 #include "shm/err.h"
 
@@ -92,6 +99,8 @@ struct ferry_worker {
 	pid_t pid;
 	int pidfd;
 	int reaped;
+	int via_server;              /* started by the fork server */
+	uint64_t fs_id;              /* its id there */
 	int sent_term;
 	struct ferry_worker_status status;
 	/* parent-side view of the control records */
@@ -244,15 +253,14 @@ static int set_limit(int resource, uint64_t value)
 	return setrlimit(resource, &rl) < 0 ? -errno : 0;
 }
 
-static _Noreturn void process_main(struct ferry_worker *w, ferry_worker_fn entry)
+/* A forked worker, directly or by the fork server, once its port is open. */
+static _Noreturn void process_run(struct ferry_worker *w, ferry_worker_fn entry)
 {
 	/* Forked from a thread worker, the child inherits that thread's view;
 	 * here the whole process is this worker. */
 	thread_worker = NULL;
 	ferry__cancel_flag = NULL;
 	proc_worker = w;
-	ferry__port_forget(w->port);
-	w->port = NULL;
 	ferry__port_keep_only(w->ctx.port);
 	char pname[16];
 	short_name(pname, w->ctx.name);
@@ -282,6 +290,63 @@ static _Noreturn void process_main(struct ferry_worker *w, ferry_worker_fn entry
 	if (code == 0)
 		code = entry(&w->ctx);
 	process_exit(w, code);
+}
+
+/* The child of a direct fork: it drops the parent's port first. */
+static _Noreturn void process_main(struct ferry_worker *w, ferry_worker_fn entry)
+{
+	ferry__port_forget(w->port);
+	w->port = NULL;
+	process_run(w, entry);
+}
+
+/* The child of the fork server: everything comes from the request. */
+_Noreturn void ferry__worker_server_child(const struct ferry__fs_worker *r)
+{
+	struct ferry_worker *w = calloc(1, sizeof *w);
+	if (!w)
+		_exit(FERRY__FS_SETUP_EXIT);
+	w->backend = FERRY_PROCESS;
+	w->pidfd = -1;
+	w->stack_size = r->stack_size;
+	w->max_as = r->max_as;
+	w->max_nofile = r->max_nofile;
+	atomic_init(&w->refs, 1);
+	w->ctx.w = w;
+	w->ctx.backend = FERRY_PROCESS;
+	w->ctx.has_value = r->has_value;
+	snprintf(w->ctx.name, sizeof w->ctx.name, "%s", r->name);
+	/* Without a port there is nobody to tell: the parent sees the exit
+	 * code and its port's peer gone. */
+	if (ferry__port_import(&w->ctx.port, r->seg_fd, r->sock_fd, r->side)) {
+		if (r->data_fd >= 0)
+			close(r->data_fd);
+		_exit(FERRY__FS_SETUP_EXIT);
+	}
+	if (r->max_message)
+		w->ctx.port->max_message = r->max_message;
+	if (r->data_len) {
+		ferry_seg *seg;
+		int rc = ferry_seg_import(&seg, r->data_fd, r->data_len);
+		if (rc == 0) {
+			w->ctx.data = malloc(r->data_len);
+			if (w->ctx.data) {
+				memcpy(w->ctx.data, ferry_seg_data(seg), r->data_len);
+				w->ctx.data_len = r->data_len;
+			} else {
+				rc = -ENOMEM;
+			}
+			ferry_seg_unref(seg);
+		}
+		if (rc) {
+			char text[160];
+			snprintf(text, sizeof text, "worker data (%llu bytes) did not arrive: %s",
+				 (unsigned long long)r->data_len, ferry_strerror(rc));
+			post_ctrl(w->ctx.port, CTRL_ERROR, rc, text, 1000000000);
+			process_exit(w, 1);
+		}
+	}
+	process_run(w, r->entry);
 }
 
 FERRY_API int ferry_worker_exit(int code)
@@ -359,6 +424,64 @@ static int spawn_process(struct ferry_worker *w, ferry_worker_fn entry)
 	return 0;
 }
 
+static int spawn_server(struct ferry_worker *w, ferry_worker_fn entry)
+{
+	ferry_port *wp = w->ctx.port;
+	struct ferry__fs_worker r = {
+		.entry = entry,
+		.side = (uint32_t)wp->side,
+		.has_value = w->ctx.has_value,
+		.max_message = wp->max_message,
+		.data_len = w->ctx.data_len,
+		.stack_size = w->stack_size,
+		.max_as = w->max_as,
+		.max_nofile = w->max_nofile,
+		.seg_fd = ferry_seg_fd(wp->seg),
+		.sock_fd = ferry__port_sock(wp),
+	};
+	snprintf(r.name, sizeof r.name, "%s", w->ctx.name);
+	pid_t pid;
+	int pidfd;
+	uint64_t id;
+	int rc = ferry__fs_spawn(&r, w->ctx.data, &pid, &pidfd, &id);
+	if (rc)
+		return rc;
+	/* The worker has its own copies of the port's fds and of the data. */
+	ferry__port_forget(wp);
+	w->ctx.port = NULL;
+	free(w->ctx.data);
+	w->ctx.data = NULL;
+	w->pid = pid;
+	w->pidfd = pidfd;
+	w->via_server = 1;
+	w->fs_id = id;
+	atomic_init(&w->refs, 1);
+	return 0;
+}
+
+/* Through the fork server (1) or by a direct fork (0); or a negative error. */
+static int use_server(const struct ferry_worker_opts *o)
+{
+	if (o->spawn == FERRY_SPAWN_FORK)
+		return 0;
+	if (o->spawn == FERRY_SPAWN_SERVER) {
+		if (o->arg)
+			return ferry__fail(-EINVAL,
+					   "ferry_worker_spawn: opts.arg must be NULL with FERRY_SPAWN_SERVER: "
+					   "a worker started by the fork server has the program's memory of "
+					   "ferry_init time, where the pointer would dangle");
+		if (!ferry__fs_present())
+			return ferry__fail(-ECHILD,
+					   "ferry_worker_spawn: FERRY_SPAWN_SERVER, but no fork server runs in "
+					   "this process (ferry_init with .fork_server = 1 starts one)");
+		return 1;
+	}
+	/* AUTO: the server only makes a difference once there are other
+	 * threads, and cannot carry arg. An unreadable thread count counts as
+	 * many: the server is the safe side. */
+	return !o->arg && ferry__fs_present() && ferry__thread_count() != 1;
+}
+
 FERRY_API int ferry_worker_spawn(ferry_worker **out, const struct ferry_worker_opts *o)
 {
 	if (out)
@@ -385,6 +508,13 @@ FERRY_API int ferry_worker_spawn(ferry_worker **out, const struct ferry_worker_o
 	if (o->backend == FERRY_THREAD && (o->max_address_space || o->max_open_files))
 		return ferry__fail(-EINVAL,
 				   "ferry_worker_spawn: max_address_space and max_open_files apply to process workers only");
+	if (o->spawn != FERRY_SPAWN_AUTO && o->spawn != FERRY_SPAWN_FORK && o->spawn != FERRY_SPAWN_SERVER)
+		return ferry__fail(-EINVAL, "ferry_worker_spawn: unknown opts.spawn %d", o->spawn);
+	if (o->backend == FERRY_THREAD && o->spawn != FERRY_SPAWN_AUTO)
+		return ferry__fail(-EINVAL, "ferry_worker_spawn: opts.spawn applies to process workers only");
+	int via_server = o->backend == FERRY_PROCESS ? use_server(o) : 0;
+	if (via_server < 0)
+		return via_server;
 
 	struct ferry_worker *w = calloc(1, sizeof *w);
 	if (!w)
@@ -419,7 +549,9 @@ FERRY_API int ferry_worker_spawn(ferry_worker **out, const struct ferry_worker_o
 	if (rc == 0 && o->value)
 		rc = ferry_port_post(w->port, o->value, o->xfer, 0);
 	if (rc == 0)
-		rc = o->backend == FERRY_THREAD ? spawn_thread(w, o->entry) : spawn_process(w, o->entry);
+		rc = o->backend == FERRY_THREAD ? spawn_thread(w, o->entry)
+		     : via_server		    ? spawn_server(w, o->entry)
+						    : spawn_process(w, o->entry);
 	if (rc) {
 		ferry_port_destroy(w->port);
 		ferry_port_destroy(w->ctx.port);
@@ -433,14 +565,31 @@ FERRY_API int ferry_worker_spawn(ferry_worker **out, const struct ferry_worker_o
 
 /* ---- join and terminate ---- */
 
-static int reap(struct ferry_worker *w, int flags)
+/* Signal a process worker: through its pidfd when there is one (a server
+ * worker is not our child: its pid alone could have been reused). */
+static void proc_signal(struct ferry_worker *w, int sig)
+{
+	if (w->pidfd >= 0 && syscall(SYS_pidfd_send_signal, w->pidfd, sig, NULL, 0) == 0)
+		return;
+	if (!w->via_server)
+		kill(w->pid, sig); /* our unreaped child: the pid is still its */
+}
+
+/* Wait up to @timeout_ns for the exit of a process worker and take its status. */
+static int reap(struct ferry_worker *w, int64_t timeout_ns)
 {
 	int st;
-	pid_t r = waitpid(w->pid, &st, flags);
-	if (r == 0)
-		return -EAGAIN;
-	if (r < 0)
-		return ferry__errno(-errno, "ferry_worker_join: waitpid %d", (int)w->pid);
+	if (w->via_server) {
+		int rc = ferry__fs_wait(w->fs_id, w->pidfd, timeout_ns, &st);
+		if (rc)
+			return rc;
+	} else {
+		pid_t r = waitpid(w->pid, &st, timeout_ns == 0 ? WNOHANG : 0);
+		if (r == 0)
+			return -EAGAIN;
+		if (r < 0)
+			return ferry__errno(-errno, "ferry_worker_join: waitpid %d", (int)w->pid);
+	}
 	w->reaped = 1;
 	if (WIFSIGNALED(st)) {
 		w->status.signal = WTERMSIG(st);
@@ -460,9 +609,11 @@ static int join_process(struct ferry_worker *w, int64_t timeout_ns)
 {
 	if (w->reaped)
 		return 0;
+	if (w->via_server)
+		return reap(w, timeout_ns);
 	int64_t deadline = ferry__deadline(timeout_ns);
 	for (;;) {
-		int rc = reap(w, WNOHANG);
+		int rc = reap(w, 0);
 		if (rc != -EAGAIN)
 			return rc;
 		int64_t left = ferry__remaining(deadline);
@@ -524,13 +675,13 @@ FERRY_API int ferry_worker_terminate(ferry_worker *w, int64_t grace_ns)
 	if (w->backend == FERRY_PROCESS) {
 		if (w->reaped)
 			return 0;
-		if (reap(w, WNOHANG) == 0)
+		if (reap(w, 0) == 0)
 			return 0;
 		w->sent_term = 1;
-		kill(w->pid, SIGTERM);
+		proc_signal(w, SIGTERM);
 		if (join_process(w, grace_ns) == 0)
 			return 0;
-		kill(w->pid, SIGKILL);
+		proc_signal(w, SIGKILL);
 		return join_process(w, FERRY_FOREVER);
 	}
 	if (w->joined)
@@ -644,9 +795,11 @@ FERRY_API void ferry_worker_destroy(ferry_worker *w)
 	if (w->backend == FERRY_PROCESS) {
 		ferry_port_destroy(w->port);
 		if (!w->reaped) {
-			kill(w->pid, SIGKILL);
-			reap(w, 0);
+			proc_signal(w, SIGKILL);
+			reap(w, FERRY_FOREVER);
 		}
+		if (w->via_server)
+			ferry__fs_forget(w->fs_id);
 		if (w->pidfd >= 0)
 			close(w->pidfd);
 		free(w->ctx.data);

@@ -25,9 +25,28 @@
  * parent receives what it posted, then -EPIPE; if it crashes, the same
  * holds for the messages it had fully posted, within FERRY_PORT_LIVENESS_NS.
  *
- * Fork rules: the process backend forks the calling process directly, which is
- * safe from a single-threaded parent. From a multithreaded one the child may
- * only use async-signal-safe calls plus ferry's port calls until it execs.
+ * Fork rules: a direct fork of the calling process is safe from a
+ * single-threaded parent. From a multithreaded one the child may only use
+ * async-signal-safe calls plus ferry's port calls until it execs: a lock
+ * another thread held (malloc's, stdio's, the program's) stays held in it.
+ * The fork server (ferry_init, ferry/runtime.h) removes the problem: started
+ * while the program is single-threaded, it forks the workers instead, and
+ * FERRY_SPAWN_AUTO (the default) uses it whenever the caller has other
+ * threads and opts.arg is NULL.
+ *
+ * A worker started by the fork server differs from a directly forked one:
+ * - it starts from the program's state at ferry_init time: globals hold the
+ *   values of then, and the entry function must have existed then (in the
+ *   executable or a library loaded before ferry_init; not in one dlopen'ed
+ *   later); the data, workerData and its port are what it gets of now;
+ * - it gets no opts.arg (the pointer would dangle in that older memory);
+ * - it holds only its own fds: 0, 1, 2 (as they were at ferry_init) and its
+ *   port's two; nothing else the caller ever opened;
+ * - it is the server's child: ferry_worker_pid() is its pid, but the caller
+ *   cannot waitpid it; join, terminate and destroy work the same. If the
+ *   server dies, a join of its worker reports FERRY_EWORKER once the worker
+ *   has ended (its status is lost) instead of waiting forever.
+ * It exits with code 127 if it cannot even open its port.
  */
 #ifndef FERRY_WORKER_H
 #define FERRY_WORKER_H
@@ -50,6 +69,15 @@ enum ferry_backend {
 	FERRY_PROCESS = 1,
 };
 
+/* How a process worker is started (ferry_worker_opts.spawn). */
+enum ferry_spawn {
+	/* Default: through the fork server when one runs, the caller has other
+	 * threads and opts.arg is NULL; else a direct fork. */
+	FERRY_SPAWN_AUTO = 0,
+	FERRY_SPAWN_FORK = 1,   /* always fork the caller */
+	FERRY_SPAWN_SERVER = 2, /* always through the fork server (arg must be NULL) */
+};
+
 /* Most bytes of worker data. */
 #define FERRY_WORKER_DATA_MAX ((size_t)64 * 1024 * 1024)
 
@@ -64,13 +92,15 @@ struct ferry_worker_opts {
 	const struct ferry_value *value; /* workerData: cloned into the worker; may be NULL */
 	const struct ferry_xfer *xfer;   /* what @value transfers (buffers, ports); may be NULL */
 	const char *name;            /* for errors and the thread/process name; NULL = "worker" */
-	void *arg;                   /* passed as is (a process worker sees its copy) */
+	void *arg;                   /* passed as is (a process worker sees its copy);
+				      * never through the fork server */
 	struct ferry_channel_opts channel; /* the parent<->worker channel */
 	/* Limits; 0 = inherit. stack_size applies to both backends (a thread's
 	 * stack; a process's RLIMIT_STACK); the others to process workers only. */
 	size_t stack_size;
 	uint64_t max_address_space;  /* RLIMIT_AS, bytes */
 	uint64_t max_open_files;     /* RLIMIT_NOFILE */
+	int spawn;                   /* enum ferry_spawn; process workers only */
 };
 
 struct ferry_worker_status {
@@ -84,8 +114,11 @@ struct ferry_worker_status {
  * Ownership: on success *@out is the caller's (ferry_worker_destroy); the
  *   data was copied. On failure nothing was started and *@out is NULL.
  * Returns: 0, -EINVAL (NULL out/opts, no entry, unknown backend, data_len
- *   above FERRY_WORKER_DATA_MAX or data NULL with data_len > 0), -EAGAIN,
- *   -ENOMEM, -EMFILE.
+ *   above FERRY_WORKER_DATA_MAX or data NULL with data_len > 0, unknown
+ *   spawn, spawn set on a thread worker, FERRY_SPAWN_SERVER with arg),
+ *   -ECHILD (FERRY_SPAWN_SERVER without a fork server; or the server is
+ *   needed and died: the message says so), -ETIMEDOUT (the server did not
+ *   answer), -EAGAIN, -ENOMEM, -EMFILE.
  */
 FERRY_API int ferry_worker_spawn(ferry_worker **out, const struct ferry_worker_opts *opts);
 
@@ -99,7 +132,9 @@ FERRY_API pid_t ferry_worker_pid(const ferry_worker *w);
 /*
  * ferry_worker_join - wait up to @timeout_ns for the worker to end and report
  * how. May be called again after success (same answer).
- * Returns: 0, -EINVAL, -ETIMEDOUT (still running), -EAGAIN (timeout 0).
+ * Returns: 0, -EINVAL, -ETIMEDOUT (still running), -EAGAIN (timeout 0),
+ *   FERRY_EWORKER (a fork server worker ended, but its server died or was
+ *   stopped before reporting how).
  */
 FERRY_API int ferry_worker_join(ferry_worker *w, struct ferry_worker_status *st,
 				int64_t timeout_ns);
@@ -146,7 +181,8 @@ FERRY_API int ferry_worker_online(const ferry_worker *w);
  *   -ETIMEDOUT after @grace_ns (it will stop at its next ferry call).
  * The worker's exit status then says terminated (code 1, or the signal).
  * Terminating a worker that already exited does nothing and returns 0.
- * Returns: 0 (it has ended), -EINVAL, -ETIMEDOUT (a thread still running).
+ * Returns: 0 (it has ended), -EINVAL, -ETIMEDOUT (a thread still running),
+ *   FERRY_EWORKER (a fork server worker ended unreported, see join).
  */
 FERRY_API int ferry_worker_terminate(ferry_worker *w, int64_t grace_ns);
 
