@@ -12,6 +12,7 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdalign.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -54,6 +55,8 @@ struct ferry_ring_spsc {
 	alignas(64) unsigned char data[];
 };
 
+static_assert(offsetof(struct ferry_ring_spsc, version) == 4, "magic and version share a word");
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "snapshot() reads magic|version as one word");
 static_assert(offsetof(struct ferry_ring_spsc, tail) == 64, "layout");
 static_assert(offsetof(struct ferry_ring_spsc, head) == 128, "layout");
 static_assert(offsetof(struct ferry_ring_spsc, closed) == 192, "layout");
@@ -78,18 +81,20 @@ static inline bool cap_ok(uint64_t cap)
 /*
  * The immutable header, loaded once (relaxed: it was published to this side
  * by whatever handed the memory over, not by the ring) and validated for
- * self-consistency. Returns the capacity, or 0 when the header is corrupt.
+ * self-consistency and, through a view, against the capacity this side
+ * attached to (@want; 0: any). Returns the capacity, or 0 when corrupt.
  */
-static inline uint64_t snapshot(const struct ferry_ring_spsc *r)
+static inline uint64_t snapshot(const struct ferry_ring_spsc *r, uint64_t want)
 {
-	uint32_t magic = __atomic_load_n(&r->magic, __ATOMIC_RELAXED);
-	uint32_t version = __atomic_load_n(&r->version, __ATOMIC_RELAXED);
+	/* magic and version as one load: they are adjacent and immutable */
+	uint64_t id = __atomic_load_n((const uint64_t *)(const void *)&r->magic, __ATOMIC_RELAXED);
 	uint64_t cap = __atomic_load_n(&r->capacity, __ATOMIC_RELAXED);
 	uint64_t mask = __atomic_load_n(&r->mask, __ATOMIC_RELAXED);
-	if (FERRY_UNLIKELY(magic != SPSC_MAGIC || version != SPSC_VERSION || !cap_ok(cap) ||
-			   mask != cap - 1))
-		return 0;
-	return cap;
+	/* a power of two in range, and the mask below it: one branch on the hot path */
+	bool ok = (id == ((uint64_t)SPSC_VERSION << 32 | SPSC_MAGIC)) &
+		  (cap - FERRY_RING_SPSC_MIN_CAP <= FERRY_RING_SPSC_MAX_CAP - FERRY_RING_SPSC_MIN_CAP) &
+		  ((cap & mask) == 0) & (mask == cap - 1) & ((want == 0) | (cap == want));
+	return FERRY_LIKELY(ok) ? cap : 0;
 }
 
 static inline uint64_t rec_word(uint32_t kind, uint64_t len)
@@ -98,7 +103,8 @@ static inline uint64_t rec_word(uint32_t kind, uint64_t len)
 }
 
 /* Mark the ring corrupt (and closed) and report it. */
-static int corrupt(struct ferry_ring_spsc *r, const char *who, const char *what)
+__attribute__((cold, noinline)) static int corrupt(struct ferry_ring_spsc *r, const char *who,
+						    const char *what)
 {
 	/* relaxed: the flag carries no data; peers re-validate on their own */
 	atomic_fetch_or_explicit(&r->closed, CLOSED | CORRUPT, memory_order_relaxed);
@@ -143,9 +149,8 @@ FERRY_API int ferry_ring_spsc_init(ferry_ring_spsc *r, size_t memsize)
 	return 0;
 }
 
-FERRY_API int ferry_ring_spsc_check(const ferry_ring_spsc *r, size_t memsize)
+static int check_impl(const ferry_ring_spsc *r, size_t memsize, uint64_t *cap_out, const char *who)
 {
-	static const char who[] = "ferry_ring_spsc_check";
 	if (!r)
 		return ferry__fail(-EINVAL, "%s: r is NULL", who);
 	if ((uintptr_t)r % 64)
@@ -184,69 +189,124 @@ FERRY_API int ferry_ring_spsc_check(const ferry_ring_spsc *r, size_t memsize)
 		return ferry__fail(-EPROTO, "%s: bad closed word 0x%x", who, closed);
 	if (closed & CORRUPT)
 		return ferry__fail(-EPROTO, "%s: ring was marked corrupt", who);
+	*cap_out = cap;
 	return 0;
+}
+
+FERRY_API int ferry_ring_spsc_check(const ferry_ring_spsc *r, size_t memsize)
+{
+	uint64_t cap;
+	return check_impl(r, memsize, &cap, "ferry_ring_spsc_check");
 }
 
 FERRY_API size_t ferry_ring_spsc_capacity(const ferry_ring_spsc *r)
 {
-	return r ? snapshot(r) : 0;
+	return r ? snapshot(r, 0) : 0;
 }
 
 FERRY_API size_t ferry_ring_spsc_max_record(const ferry_ring_spsc *r)
 {
-	uint64_t cap = r ? snapshot(r) : 0;
+	uint64_t cap = r ? snapshot(r, 0) : 0;
 	return cap ? max_rec(cap) : 0;
 }
 
-FERRY_API int ferry_ring_spsc_reserve(ferry_ring_spsc *r, size_t len, void **p)
+/*
+ * Room for @total bytes at @tail? Uses the cached head, reloading it only
+ * when the cache says no. Returns 0, -EAGAIN, or -EPROTO (head out of range).
+ */
+static inline int room(struct ferry_ring_spsc *r, uint64_t cap, uint64_t tail, uint64_t total,
+		       const char *who)
 {
-	static const char who[] = "ferry_ring_spsc_reserve";
-	if (FERRY_UNLIKELY(!r || !p))
-		return ferry__fail(-EINVAL, "%s: %s is NULL", who, r ? "p" : "r");
-	uint64_t cap = snapshot(r);
-	if (FERRY_UNLIKELY(!cap))
-		return corrupt(r, who, "header (magic, version, capacity or mask)");
-	if (FERRY_UNLIKELY(len > max_rec(cap)))
-		return ferry__fail(-EMSGSIZE, "%s: len %zu exceeds max_record %llu", who, len,
-				   (unsigned long long)max_rec(cap));
+	uint64_t head = r->head_cache;
+	if (FERRY_LIKELY(tail - head <= cap && cap - (tail - head) >= total))
+		return 0;
+	/*
+	 * acquire: pairs with the consumer's release store of head in
+	 * release(), so its reads of the bytes we are about to reuse are done
+	 * before we overwrite them.
+	 */
+	head = atomic_load_explicit(&r->head, memory_order_acquire);
+	if (FERRY_UNLIKELY(tail - head > cap || (head & 7)))
+		return corrupt(r, who, "head out of range (past tail or more than capacity behind)");
+	r->head_cache = head;
+	return cap - (tail - head) >= total ? 0 : -EAGAIN;
+}
+
+/* Bytes a record of @len takes at @off: its own, plus the pad to the end if it does not fit. */
+static inline uint64_t span(uint64_t cap, uint64_t off, uint64_t len)
+{
+	uint64_t need = REC_HDR + align8(len);
+	return off + need > cap ? cap - off + need : need;
+}
+
+/* The producer's checks shared by reserve and push_batch; returns the tail or sets *err. */
+static inline int producer_start(struct ferry_ring_spsc *r, uint64_t cap, uint64_t *tail,
+				 const char *who)
+{
 	/* relaxed: a flag with no data behind it; a late view only delays -EPIPE by a call */
 	if (FERRY_UNLIKELY(atomic_load_explicit(&r->closed, memory_order_relaxed)))
 		return -EPIPE;
 	if (FERRY_UNLIKELY(r->resv))
 		return ferry__fail(-EBUSY, "%s: a reservation is already open", who);
 	/* relaxed: only this side writes tail */
-	uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
-	if (FERRY_UNLIKELY(tail & 7))
+	*tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
+	if (FERRY_UNLIKELY(*tail & 7))
 		return corrupt(r, who, "misaligned tail");
-	uint64_t need = REC_HDR + align8(len), off = tail & (cap - 1);
-	uint64_t total = off + need > cap ? cap - off + need : need;
-	uint64_t head = r->head_cache;
-	if (tail - head > cap || cap - (tail - head) < total) {
-		/*
-		 * acquire: pairs with the consumer's release store of head in
-		 * release(), so its reads of the bytes we are about to reuse are
-		 * done before we overwrite them.
-		 */
-		head = atomic_load_explicit(&r->head, memory_order_acquire);
-		if (FERRY_UNLIKELY(tail - head > cap || (head & 7)))
-			return corrupt(r, who, "head out of range");
-		r->head_cache = head;
-		if (cap - (tail - head) < total)
-			return -EAGAIN;
-	}
-	r->resv = (uint64_t)len + 1;
-	*p = r->data + ((off + total - need) & (cap - 1)) + REC_HDR;
 	return 0;
 }
 
-FERRY_API int ferry_ring_spsc_commit(ferry_ring_spsc *r, size_t len)
+/* Writes the record header (and the pad marker before it) for @len bytes at @tail; returns the record's offset. */
+static inline uint64_t put_header(struct ferry_ring_spsc *r, uint64_t cap, uint64_t tail,
+				  uint64_t room_len, uint64_t len)
+{
+	uint64_t off = tail & (cap - 1);
+	if (off + REC_HDR + align8(room_len) > cap) {
+		*(uint64_t *)(r->data + off) = rec_word(KIND_PAD, cap - off - REC_HDR);
+		off = 0;
+	}
+	*(uint64_t *)(r->data + off) = rec_word(KIND_DATA, len);
+	return off;
+}
+
+/*
+ * The calls below come in two halves: a fast path for the common case (no
+ * pad, the caches say there is room or data, everything in range), which
+ * falls back on any doubt to the full path, noinline so that the fast one
+ * stays small. Both validate everything they use.
+ */
+__attribute__((noinline)) static int reserve_slow(ferry_ring_spsc *r, uint64_t want, size_t len,
+						 void **p)
+{
+	static const char who[] = "ferry_ring_spsc_reserve";
+	if (FERRY_UNLIKELY(!r || !p))
+		return ferry__fail(-EINVAL, "%s: %s is NULL", who, r ? "p" : "r");
+	uint64_t cap = snapshot(r, want);
+	if (FERRY_UNLIKELY(!cap))
+		return corrupt(r, who, "header (magic, version, capacity, mask)");
+	if (FERRY_UNLIKELY(len > max_rec(cap)))
+		return ferry__fail(-EMSGSIZE, "%s: len %zu exceeds max_record %llu", who, len,
+				   (unsigned long long)max_rec(cap));
+	uint64_t tail = 0;
+	int rc = producer_start(r, cap, &tail, who);
+	if (FERRY_UNLIKELY(rc))
+		return rc;
+	uint64_t off = tail & (cap - 1), total = span(cap, off, len);
+	rc = room(r, cap, tail, total, who);
+	if (rc)
+		return rc;
+	r->resv = (uint64_t)len + 1;
+	*p = r->data + ((off + total - REC_HDR - align8(len)) & (cap - 1)) + REC_HDR;
+	return 0;
+}
+
+__attribute__((noinline)) static int commit_slow(ferry_ring_spsc *r, uint64_t want, size_t len)
 {
 	static const char who[] = "ferry_ring_spsc_commit";
 	if (FERRY_UNLIKELY(!r))
 		return ferry__fail(-EINVAL, "%s: r is NULL", who);
-	uint64_t cap = snapshot(r);
+	uint64_t cap = snapshot(r, want);
 	if (FERRY_UNLIKELY(!cap))
-		return corrupt(r, who, "header (magic, version, capacity or mask)");
+		return corrupt(r, who, "header (magic, version, capacity, mask)");
 	uint64_t resv = r->resv;
 	if (FERRY_UNLIKELY(!resv))
 		return ferry__fail(-EINVAL, "%s: no reservation is open", who);
@@ -258,13 +318,9 @@ FERRY_API int ferry_ring_spsc_commit(ferry_ring_spsc *r, size_t len)
 		return corrupt(r, who, "reservation length");
 	/* relaxed: only this side writes tail */
 	uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
-	uint64_t off = tail & (cap - 1), pad = 0;
-	if (off + REC_HDR + align8(rlen) > cap) {
-		pad = cap - off;
-		*(uint64_t *)(r->data + off) = rec_word(KIND_PAD, pad - REC_HDR);
-		off = 0;
-	}
-	*(uint64_t *)(r->data + off) = rec_word(KIND_DATA, len);
+	uint64_t off = tail & (cap - 1);
+	uint64_t pad = off + REC_HDR + align8(rlen) > cap ? cap - off : 0;
+	put_header(r, cap, tail, rlen, len);
 	r->resv = 0;
 	/*
 	 * release: pairs with the consumer's acquire load of tail in peek(); the
@@ -274,14 +330,135 @@ FERRY_API int ferry_ring_spsc_commit(ferry_ring_spsc *r, size_t len)
 	return 0;
 }
 
-FERRY_API int ferry_ring_spsc_peek(ferry_ring_spsc *r, const void **p, size_t *len)
+static inline __attribute__((always_inline)) int reserve_impl(ferry_ring_spsc *r, uint64_t want,
+							    size_t len, void **p)
 {
-	static const char who[] = "ferry_ring_spsc_peek";
-	if (FERRY_UNLIKELY(!r || !p || !len))
-		return ferry__fail(-EINVAL, "%s: %s is NULL", who, !r ? "r" : !p ? "p" : "len");
-	uint64_t cap = snapshot(r);
+	if (FERRY_LIKELY(r && p)) {
+		uint64_t cap = snapshot(r, want);
+		/* relaxed: as in reserve_slow (closed is a flag; tail is ours) */
+		if (FERRY_LIKELY(cap && len <= max_rec(cap) &&
+				 !atomic_load_explicit(&r->closed, memory_order_relaxed) && !r->resv)) {
+			uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
+			uint64_t off = tail & (cap - 1), need = REC_HDR + align8(len);
+			/* one compare checks the cached head both for range and for room */
+			if (FERRY_LIKELY(!(tail & 7) && off + need <= cap &&
+					 tail - r->head_cache <= cap - need)) {
+				r->resv = (uint64_t)len + 1;
+				*p = r->data + off + REC_HDR;
+				return 0;
+			}
+		}
+	}
+	return reserve_slow(r, want, len, p);
+}
+
+static inline __attribute__((always_inline)) int commit_impl(ferry_ring_spsc *r, uint64_t want,
+							   size_t len)
+{
+	if (FERRY_LIKELY(r)) {
+		uint64_t cap = snapshot(r, want), resv = r->resv;
+		if (FERRY_LIKELY(cap && len < resv && resv - 1 <= max_rec(cap))) {
+			/* relaxed: only this side writes tail */
+			uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
+			uint64_t off = tail & (cap - 1);
+			if (FERRY_LIKELY(!(tail & 7) && off + REC_HDR + align8(resv - 1) <= cap)) {
+				*(uint64_t *)(r->data + off) = rec_word(KIND_DATA, len);
+				r->resv = 0;
+				/* release: pairs with the consumer's acquire load of tail in peek() */
+				atomic_store_explicit(&r->tail, tail + REC_HDR + align8(len),
+						      memory_order_release);
+				return 0;
+			}
+		}
+	}
+	return commit_slow(r, want, len);
+}
+
+static int push_batch_impl(ferry_ring_spsc *r, uint64_t want, const struct ferry_ring_rec *recs,
+			   size_t n)
+{
+	static const char who[] = "ferry_ring_spsc_push_batch";
+	if (FERRY_UNLIKELY(!r || (!recs && n)))
+		return ferry__fail(-EINVAL, "%s: %s is NULL", who, r ? "recs" : "r");
+	uint64_t cap = snapshot(r, want);
 	if (FERRY_UNLIKELY(!cap))
-		return corrupt(r, who, "header (magic, version, capacity or mask)");
+		return corrupt(r, who, "header (magic, version, capacity, mask)");
+	if (!n)
+		return 0;
+	if (n > INT_MAX)
+		n = INT_MAX;
+	uint64_t tail0 = 0, tail;
+	int rc = producer_start(r, cap, &tail0, who);
+	if (FERRY_UNLIKELY(rc))
+		return rc;
+	tail = tail0;
+	size_t i;
+	for (i = 0; i < n; i++) {
+		size_t len = recs[i].len;
+		if (FERRY_UNLIKELY(len > max_rec(cap))) {
+			if (i == 0)
+				return ferry__fail(-EMSGSIZE, "%s: recs[0].len %zu exceeds max_record %llu",
+						   who, len, (unsigned long long)max_rec(cap));
+			break;
+		}
+		if (FERRY_UNLIKELY(len && !recs[i].p)) {
+			if (i == 0)
+				return ferry__fail(-EINVAL, "%s: recs[0].p is NULL", who);
+			break;
+		}
+		uint64_t total = span(cap, tail & (cap - 1), len);
+		rc = room(r, cap, tail0, tail - tail0 + total, who);
+		if (rc) {
+			if (i == 0 || rc != -EAGAIN)
+				return rc;
+			break;
+		}
+		uint64_t off = put_header(r, cap, tail, len, len);
+		if (len)
+			memcpy(r->data + off + REC_HDR, recs[i].p, len);
+		tail += total;
+	}
+	/* release: pairs with the consumer's acquire load of tail; one publication for the batch */
+	atomic_store_explicit(&r->tail, tail, memory_order_release);
+	return (int)i;
+}
+
+/*
+ * The record at @head, of which @avail (> 0) bytes are committed: validates
+ * it (and a pad marker before it) and gives its offset, length and the bytes
+ * release moves head by. Returns 0 or -EPROTO.
+ */
+static inline int next_rec(struct ferry_ring_spsc *r, uint64_t cap, uint64_t head, uint64_t avail,
+			   uint64_t *off_out, uint64_t *len_out, uint64_t *adv_out, const char *who)
+{
+	uint64_t off = head & (cap - 1), adv = 0;
+	/* one relaxed load: the header is read once and only the local is trusted */
+	uint64_t w = __atomic_load_n((const uint64_t *)(r->data + off), __ATOMIC_RELAXED);
+	if ((w >> 32) == KIND_PAD) {
+		if (FERRY_UNLIKELY(off == 0 || (uint32_t)w != cap - off - REC_HDR))
+			return corrupt(r, who, "pad marker where none can be");
+		adv = cap - off;
+		if (FERRY_UNLIKELY(avail < adv + REC_HDR))
+			return corrupt(r, who, "pad marker without a record after it");
+		avail -= adv;
+		off = 0;
+		w = __atomic_load_n((const uint64_t *)r->data, __ATOMIC_RELAXED);
+	}
+	if (FERRY_UNLIKELY((w >> 32) != KIND_DATA))
+		return corrupt(r, who, "bad record kind");
+	uint64_t n = (uint32_t)w, step = REC_HDR + align8(n);
+	if (FERRY_UNLIKELY(n > max_rec(cap) || step > avail || off + step > cap))
+		return corrupt(r, who, "record length past the committed data");
+	*off_out = off;
+	*len_out = n;
+	*adv_out = adv + step;
+	return 0;
+}
+
+/* The consumer's view: head and a tail past it. Returns 0, -EAGAIN, -EPIPE or -EPROTO. */
+static inline int consumer_start(struct ferry_ring_spsc *r, uint64_t cap, uint64_t *head_out,
+				 uint64_t *tail_out, const char *who)
+{
 	/* relaxed: CORRUPT is sticky and carries no data */
 	if (FERRY_UNLIKELY(atomic_load_explicit(&r->closed, memory_order_relaxed) & CORRUPT))
 		return ferry__fail(-EPROTO, "%s: ring was marked corrupt", who);
@@ -312,41 +489,204 @@ FERRY_API int ferry_ring_spsc_peek(ferry_ring_spsc *r, const void **p, size_t *l
 		}
 		r->tail_cache = tail;
 	}
-	uint64_t avail = tail - head, off = head & (cap - 1), adv = 0;
-	/* one relaxed load: the header is read once and only the local is trusted */
-	uint64_t w = __atomic_load_n((const uint64_t *)(r->data + off), __ATOMIC_RELAXED);
-	if ((w >> 32) == KIND_PAD) {
-		if (FERRY_UNLIKELY(off == 0 || (uint32_t)w != cap - off - REC_HDR))
-			return corrupt(r, who, "pad marker where none can be");
-		adv = cap - off;
-		if (FERRY_UNLIKELY(avail < adv + REC_HDR))
-			return corrupt(r, who, "pad marker without a record after it");
-		avail -= adv;
-		off = 0;
-		w = __atomic_load_n((const uint64_t *)r->data, __ATOMIC_RELAXED);
-	}
-	if (FERRY_UNLIKELY((w >> 32) != KIND_DATA))
-		return corrupt(r, who, "bad record kind");
-	uint64_t n = (uint32_t)w, step = REC_HDR + align8(n);
-	if (FERRY_UNLIKELY(n > max_rec(cap) || step > avail || off + step > cap))
-		return corrupt(r, who, "record length past the committed data");
-	r->adv = adv + step;
+	*head_out = head;
+	*tail_out = tail;
+	return 0;
+}
+
+__attribute__((noinline)) static int peek_slow(ferry_ring_spsc *r, uint64_t want, const void **p,
+					      size_t *len)
+{
+	static const char who[] = "ferry_ring_spsc_peek";
+	if (FERRY_UNLIKELY(!r || !p || !len))
+		return ferry__fail(-EINVAL, "%s: %s is NULL", who, !r ? "r" : !p ? "p" : "len");
+	uint64_t cap = snapshot(r, want);
+	if (FERRY_UNLIKELY(!cap))
+		return corrupt(r, who, "header (magic, version, capacity, mask)");
+	uint64_t head = 0, tail = 0, off = 0, n = 0, adv = 0;
+	int rc = consumer_start(r, cap, &head, &tail, who);
+	if (rc)
+		return rc;
+	rc = next_rec(r, cap, head, tail - head, &off, &n, &adv, who);
+	if (FERRY_UNLIKELY(rc))
+		return rc;
+	r->adv = adv;
 	*p = r->data + off + REC_HDR;
 	*len = (size_t)n;
 	return 0;
 }
 
+static inline __attribute__((always_inline)) int peek_impl(ferry_ring_spsc *r, uint64_t want,
+							 const void **p, size_t *len)
+{
+	if (FERRY_LIKELY(r && p && len)) {
+		uint64_t cap = snapshot(r, want);
+		/* relaxed: CORRUPT is sticky and carries no data; head is ours */
+		if (FERRY_LIKELY(cap &&
+				 !(atomic_load_explicit(&r->closed, memory_order_relaxed) & CORRUPT))) {
+			uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
+			uint64_t tail = r->tail_cache;
+			if (tail == head) {
+				/* acquire: pairs with the producer's release store of tail in commit() */
+				tail = atomic_load_explicit(&r->tail, memory_order_acquire);
+				if (FERRY_LIKELY(tail - head - 1 < cap && !((tail | head) & 7)))
+					r->tail_cache = tail;
+			}
+			uint64_t avail = tail - head, off = head & (cap - 1);
+			if (FERRY_LIKELY(avail - 1 < cap && !((tail | head) & 7))) {
+				/* one relaxed load: the header is read once and only the local is trusted */
+				uint64_t w = __atomic_load_n((const uint64_t *)(r->data + off),
+							     __ATOMIC_RELAXED);
+				uint64_t n = (uint32_t)w, step = REC_HDR + align8(n);
+				if (FERRY_LIKELY((w >> 32) == KIND_DATA && n <= max_rec(cap) &&
+						 step <= avail && off + step <= cap)) {
+					r->adv = step;
+					*p = r->data + off + REC_HDR;
+					*len = (size_t)n;
+					return 0;
+				}
+			}
+		}
+	}
+	return peek_slow(r, want, p, len);
+}
+
+static int peek_batch_impl(ferry_ring_spsc *r, uint64_t want, struct ferry_ring_rec *out, size_t n)
+{
+	static const char who[] = "ferry_ring_spsc_peek_batch";
+	if (FERRY_UNLIKELY(!r || (!out && n)))
+		return ferry__fail(-EINVAL, "%s: %s is NULL", who, r ? "out" : "r");
+	uint64_t cap = snapshot(r, want);
+	if (FERRY_UNLIKELY(!cap))
+		return corrupt(r, who, "header (magic, version, capacity, mask)");
+	if (!n)
+		return 0;
+	if (n > INT_MAX)
+		n = INT_MAX;
+	uint64_t head = 0, tail = 0, off = 0, len = 0, adv = 0, pos;
+	int rc = consumer_start(r, cap, &head, &tail, who);
+	if (rc)
+		return rc;
+	size_t i = 0;
+	for (pos = head; i < n && pos != tail; i++) {
+		rc = next_rec(r, cap, pos, tail - pos, &off, &len, &adv, who);
+		if (FERRY_UNLIKELY(rc))
+			return rc;
+		out[i].p = r->data + off + REC_HDR;
+		out[i].len = (size_t)len;
+		pos += adv;
+	}
+	r->adv = pos - head;
+	return (int)i;
+}
+
+FERRY_API int ferry_ring_spsc_reserve(ferry_ring_spsc *r, size_t len, void **p)
+{
+	return reserve_impl(r, 0, len, p);
+}
+
+FERRY_API int ferry_ring_spsc_commit(ferry_ring_spsc *r, size_t len)
+{
+	return commit_impl(r, 0, len);
+}
+
+FERRY_API int ferry_ring_spsc_peek(ferry_ring_spsc *r, const void **p, size_t *len)
+{
+	return peek_impl(r, 0, p, len);
+}
+
+FERRY_API int ferry_ring_spsc_push_batch(ferry_ring_spsc *r, const struct ferry_ring_rec *recs,
+					 size_t n)
+{
+	return push_batch_impl(r, 0, recs, n);
+}
+
+FERRY_API int ferry_ring_spsc_peek_batch(ferry_ring_spsc *r, struct ferry_ring_rec *out, size_t n)
+{
+	return peek_batch_impl(r, 0, out, n);
+}
+
+/* ---- views: the same calls against a capacity this side trusts ---- */
+
+/* A view never set up is the caller's mistake: report it, and leave the ring alone. */
+static int bad_view(const char *who)
+{
+	return ferry__fail(-EINVAL, "%s: v is NULL or not set up by ferry_ring_spsc_view_init", who);
+}
+#define VIEW_OK(v) FERRY_LIKELY((v) && (v)->ring && (v)->capacity)
+
+FERRY_API int ferry_ring_spsc_view_init(struct ferry_ring_spsc_view *v, ferry_ring_spsc *r,
+					size_t memsize)
+{
+	if (!v)
+		return ferry__fail(-EINVAL, "ferry_ring_spsc_view_init: v is NULL");
+	uint64_t cap = 0;
+	int rc = check_impl(r, memsize, &cap, "ferry_ring_spsc_view_init");
+	if (rc)
+		return rc;
+	v->ring = r;
+	v->capacity = (size_t)cap;
+	return 0;
+}
+
+FERRY_API int ferry_ring_spsc_view_reserve(const struct ferry_ring_spsc_view *v, size_t len,
+					   void **p)
+{
+	if (!VIEW_OK(v))
+		return bad_view("ferry_ring_spsc_view_reserve");
+	return reserve_impl(v->ring, v->capacity, len, p);
+}
+
+FERRY_API int ferry_ring_spsc_view_commit(const struct ferry_ring_spsc_view *v, size_t len)
+{
+	if (!VIEW_OK(v))
+		return bad_view("ferry_ring_spsc_view_commit");
+	return commit_impl(v->ring, v->capacity, len);
+}
+
+FERRY_API int ferry_ring_spsc_view_peek(const struct ferry_ring_spsc_view *v, const void **p,
+					size_t *len)
+{
+	if (!VIEW_OK(v))
+		return bad_view("ferry_ring_spsc_view_peek");
+	return peek_impl(v->ring, v->capacity, p, len);
+}
+
+FERRY_API void ferry_ring_spsc_view_release(const struct ferry_ring_spsc_view *v)
+{
+	if (VIEW_OK(v))
+		ferry_ring_spsc_release(v->ring);
+}
+
+FERRY_API int ferry_ring_spsc_view_push_batch(const struct ferry_ring_spsc_view *v,
+					      const struct ferry_ring_rec *recs, size_t n)
+{
+	if (!VIEW_OK(v))
+		return bad_view("ferry_ring_spsc_view_push_batch");
+	return push_batch_impl(v->ring, v->capacity, recs, n);
+}
+
+FERRY_API int ferry_ring_spsc_view_peek_batch(const struct ferry_ring_spsc_view *v,
+					      struct ferry_ring_rec *out, size_t n)
+{
+	if (!VIEW_OK(v))
+		return bad_view("ferry_ring_spsc_view_peek_batch");
+	return peek_batch_impl(v->ring, v->capacity, out, n);
+}
+
 FERRY_API void ferry_ring_spsc_release(ferry_ring_spsc *r)
 {
-	static const char who[] = "ferry_ring_spsc_release";
 	if (FERRY_UNLIKELY(!r))
 		return;
 	uint64_t adv = r->adv;
 	if (!adv)
 		return;
-	uint64_t cap = snapshot(r);
-	if (FERRY_UNLIKELY(!cap || adv > cap || (adv & 7))) {
-		corrupt(r, who, "peeked record size");
+	/*
+	 * No header snapshot needed: head is only a position, never an address
+	 * here; a wrong one is caught by the next peek (tail - head <= capacity).
+	 */
+	if (FERRY_UNLIKELY(adv > FERRY_RING_SPSC_MAX_CAP || (adv & 7))) {
+		corrupt(r, "ferry_ring_spsc_release", "peeked record size");
 		return;
 	}
 	r->adv = 0;
@@ -377,7 +717,7 @@ FERRY_API size_t ferry_ring_spsc_used(const ferry_ring_spsc *r)
 {
 	if (!r)
 		return 0;
-	uint64_t cap = snapshot(r);
+	uint64_t cap = snapshot(r, 0);
 	/* relaxed: a snapshot for statistics; no data is read through it */
 	uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
 	uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);

@@ -8,10 +8,12 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdatomic.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "ferry/atomic.h"
 #include "ferry/ring.h"
 
 #if defined(__SANITIZE_THREAD__)
@@ -23,6 +25,11 @@
 #endif
 #ifndef SLOW_SANITIZER
 #define SLOW_SANITIZER 0
+#endif
+#if defined(__SANITIZE_ADDRESS__)
+#define ASAN 1
+#else
+#define ASAN 0
 #endif
 
 /* White-box layout (shm/ring_spsc.c), for the corruption cases. */
@@ -103,6 +110,8 @@ static bool check_pattern(const unsigned char *p, size_t len, uint64_t seed)
 			return false;
 	return true;
 }
+
+static size_t stamp_len(uint64_t seq, size_t max);
 
 /* ---- sizing and arguments ---- */
 
@@ -381,10 +390,11 @@ static void random_walk(size_t cap, unsigned seed, int steps)
 
 Test(ring_spsc, wraps_around_with_many_record_sizes)
 {
-	random_walk(256, 1, 20000);
-	random_walk(1024, 2, 20000);
-	random_walk(4096, 3, 20000);
-	random_walk(65536, 4, 20000);
+	int steps = SLOW_SANITIZER ? 4000 : 20000;
+	random_walk(256, 1, steps);
+	random_walk(1024, 2, steps);
+	random_walk(4096, 3, steps);
+	random_walk(65536, 4, steps / 10); /* big records: fewer steps, as many bytes */
 }
 
 Test(ring_spsc, every_size_up_to_max_record_round_trips)
@@ -403,6 +413,110 @@ Test(ring_spsc, every_size_up_to_max_record_round_trips)
 			}
 			cr_assert_eq(rc, 0, "len %zu", len);
 		}
+	free(r);
+}
+
+/* ---- batches ---- */
+
+Test(ring_spsc, push_batch_publishes_many_at_once)
+{
+	ferry_ring_spsc *r = mk(1024, NULL);
+	unsigned char data[8][100];
+	struct ferry_ring_rec recs[8];
+	for (int i = 0; i < 8; i++) {
+		fill_pattern(data[i], 100, (uint64_t)i);
+		recs[i] = (struct ferry_ring_rec){ data[i], (size_t)(i * 13) };
+	}
+	cr_expect_eq(ferry_ring_spsc_push_batch(r, recs, 0), 0);
+	cr_assert_eq(ferry_ring_spsc_push_batch(r, recs, 8), 8);
+	struct ferry_ring_rec out[16];
+	cr_assert_eq(ferry_ring_spsc_peek_batch(r, out, 3), 3);
+	cr_assert_eq(ferry_ring_spsc_peek_batch(r, out, 16), 8, "peek_batch again: same records");
+	for (int i = 0; i < 8; i++) {
+		cr_assert_eq(out[i].len, (size_t)(i * 13));
+		cr_assert(check_pattern(out[i].p, out[i].len, (uint64_t)i));
+	}
+	ferry_ring_spsc_release(r);
+	cr_expect_eq(ferry_ring_spsc_used(r), 0);
+	cr_expect_eq(ferry_ring_spsc_peek_batch(r, out, 16), -EAGAIN);
+	cr_expect_eq(ferry_ring_spsc_peek_batch(r, out, 0), 0);
+	free(r);
+}
+
+Test(ring_spsc, push_batch_stops_where_the_ring_is_full)
+{
+	ferry_ring_spsc *r = mk(256, NULL);
+	unsigned char d[120] = { 0 };
+	struct ferry_ring_rec recs[4] = { { d, 56 }, { d, 56 }, { d, 56 }, { d, 56 } };
+	cr_expect_eq(ferry_ring_spsc_push_batch(r, recs, 4), 4); /* 4 x 64 = 256 */
+	cr_expect_eq(ferry_ring_spsc_push_batch(r, recs, 4), -EAGAIN);
+	const void *p;
+	size_t len;
+	cr_assert_eq(ferry_ring_spsc_peek(r, &p, &len), 0);
+	ferry_ring_spsc_release(r);
+	cr_expect_eq(ferry_ring_spsc_push_batch(r, recs, 4), 1, "room for one more");
+	free(r);
+}
+
+Test(ring_spsc, push_batch_rejects_what_cannot_fit)
+{
+	ferry_ring_spsc *r = mk(256, NULL);
+	unsigned char d[256] = { 0 };
+	struct ferry_ring_rec recs[3] = { { d, 200 }, { d, 8 }, { d, 8 } };
+	cr_expect_eq(ferry_ring_spsc_push_batch(r, recs, 3), -EMSGSIZE);
+	cr_expect(strstr(ferry_errmsg(), "recs[0]"), "%s", ferry_errmsg());
+	recs[0].len = 8;
+	recs[1].len = 121;
+	cr_expect_eq(ferry_ring_spsc_push_batch(r, recs, 3), 1, "stops before the long one");
+	recs[1] = (struct ferry_ring_rec){ NULL, 4 };
+	cr_expect_eq(ferry_ring_spsc_push_batch(r, recs, 3), 1, "stops before a NULL");
+	cr_expect_eq(ferry_ring_spsc_push_batch(r, recs + 1, 2), -EINVAL);
+	cr_expect_eq(ferry_ring_spsc_push_batch(r, NULL, 2), -EINVAL);
+	void *w;
+	cr_assert_eq(ferry_ring_spsc_reserve(r, 8, &w), 0);
+	cr_expect_eq(ferry_ring_spsc_push_batch(r, recs, 1), -EBUSY);
+	cr_assert_eq(ferry_ring_spsc_commit(r, 0), 0);
+	ferry_ring_spsc_close(r);
+	cr_expect_eq(ferry_ring_spsc_push_batch(r, recs, 1), -EPIPE);
+	struct ferry_ring_rec out[8];
+	cr_expect_eq(ferry_ring_spsc_peek_batch(r, out, 8), 3);
+	ferry_ring_spsc_release(r);
+	cr_expect_eq(ferry_ring_spsc_peek_batch(r, out, 8), -EPIPE);
+	free(r);
+}
+
+Test(ring_spsc, batches_wrap_around_with_model)
+{
+	ferry_ring_spsc *r = mk(1024, NULL);
+	size_t max = ferry_ring_spsc_max_record(r);
+	unsigned char *src = malloc(max * 16);
+	uint64_t next_in = 0, next_out = 0;
+	srand(11);
+	for (int step = 0; step < 5000; step++) {
+		struct ferry_ring_rec recs[16];
+		size_t n = (size_t)rand() % 16 + 1;
+		for (size_t i = 0; i < n; i++) {
+			uint64_t seq = next_in + i;
+			size_t len = stamp_len(seq, max);
+			fill_pattern(src + i * max, len, seq);
+			recs[i] = (struct ferry_ring_rec){ src + i * max, len };
+		}
+		int k = ferry_ring_spsc_push_batch(r, recs, n);
+		cr_assert(k > 0 || k == -EAGAIN, "push_batch %d", k);
+		if (k > 0)
+			next_in += (uint64_t)k;
+		struct ferry_ring_rec out[16];
+		k = ferry_ring_spsc_peek_batch(r, out, (size_t)rand() % 16 + 1);
+		cr_assert(k > 0 || k == -EAGAIN, "peek_batch %d", k);
+		for (int i = 0; i < k; i++, next_out++) {
+			cr_assert_eq(out[i].len, stamp_len(next_out, max));
+			cr_assert(check_pattern(out[i].p, out[i].len, next_out), "record %llu",
+				  (unsigned long long)next_out);
+		}
+		ferry_ring_spsc_release(r);
+	}
+	cr_expect_gt(next_out, 1000);
+	free(src);
 	free(r);
 }
 
@@ -706,7 +820,7 @@ Test(ring_spsc, corrupt_release_state_is_caught)
 	const void *p;
 	size_t len;
 	cr_assert_eq(ferry_ring_spsc_peek(r, &p, &len), 0);
-	*w64(r, OFF_ADV) = 1u << 30;
+	*w64(r, OFF_ADV) = 1ull << 31;
 	ferry_ring_spsc_release(r);
 	cr_expect(ferry_ring_spsc_is_closed(r));
 	cr_expect_eq(ferry_ring_spsc_peek(r, &p, &len), -EPROTO);
@@ -933,7 +1047,8 @@ static void *produce_thread(void *arg)
 	return NULL;
 }
 
-#define MILLION (SLOW_SANITIZER ? 200000u : 1000000u)
+/* a million in the plain build; fewer under the sanitizers, which check every byte */
+#define MILLION (SLOW_SANITIZER ? 50000u : ASAN ? 250000u : 1000000u)
 
 Test(ring_spsc, threads_pass_a_million_stamped_records)
 {
@@ -971,4 +1086,128 @@ Test(ring_spsc, processes_pass_a_million_stamped_records)
 	cr_expect_eq(prod.err, 0);
 	cr_expect(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "consumer status 0x%x", st);
 	tu_shared_free(r, n);
+}
+
+/* ---- the waiting forms ---- */
+
+struct spsc_waiter {
+	ferry_ring_spsc *r;
+	struct ferry_ring_wait *w;
+	_Atomic int rc;
+	size_t len;
+};
+
+static void *peek_forever(void *arg)
+{
+	struct spsc_waiter *a = arg;
+	const void *p;
+	size_t len = 0;
+	int rc = ferry_ring_spsc_peek_wait(a->r, &p, &len, a->w, FERRY_FOREVER);
+	a->len = len;
+	if (rc == 0)
+		ferry_ring_spsc_release_wait(a->r, a->w);
+	atomic_store(&a->rc, rc);
+	return NULL;
+}
+
+Test(ring_spsc, wait_forms)
+{
+	ferry_ring_spsc *r = mk(256, NULL);
+	struct ferry_ec ne, nf;
+	ferry_ec_init(&ne);
+	ferry_ec_init(&nf);
+	struct ferry_ring_wait w = { .not_empty = &ne, .not_full = &nf };
+	const void *p;
+	size_t len;
+	cr_expect_eq(ferry_ring_spsc_peek_wait(r, &p, &len, &w, 0), -EAGAIN);
+	struct timespec t0, t1;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	cr_expect_eq(ferry_ring_spsc_peek_wait(r, &p, &len, &w, 10000000), -ETIMEDOUT);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	cr_expect_geq((t1.tv_sec - t0.tv_sec) * 1000000000 + t1.tv_nsec - t0.tv_nsec, 10000000);
+
+	/* a consumer thread waits; a commit_wait wakes it */
+	struct spsc_waiter a = { r, &w, 1, 0 };
+	pthread_t th;
+	cr_assert_eq(pthread_create(&th, NULL, peek_forever, &a), 0);
+	usleep(20000);
+	void *wp;
+	cr_assert_eq(ferry_ring_spsc_reserve_wait(r, 40, &wp, &w, FERRY_FOREVER), 0);
+	cr_assert_eq(ferry_ring_spsc_commit_wait(r, 40, &w), 0);
+	pthread_join(th, NULL);
+	cr_expect_eq(atomic_load(&a.rc), 0);
+	cr_expect_eq(a.len, 40);
+
+	/* a full ring: reserve_wait times out, then succeeds once a consumer releases */
+	unsigned char d[120] = { 0 };
+	while (push(r, d, 120) == 0)
+		;
+	w.strategy = FERRY_RING_SLEEP;
+	cr_expect_eq(ferry_ring_spsc_reserve_wait(r, 120, &wp, &w, 5000000), -ETIMEDOUT);
+	a.rc = 1;
+	cr_assert_eq(pthread_create(&th, NULL, peek_forever, &a), 0);
+	cr_expect_eq(ferry_ring_spsc_reserve_wait(r, 120, &wp, &w, FERRY_FOREVER), 0);
+	cr_expect_eq(ferry_ring_spsc_commit_wait(r, 0, &w), 0);
+	pthread_join(th, NULL);
+
+	/* close wakes a sleeping consumer once the ring is drained */
+	while (ferry_ring_spsc_peek(r, &p, &len) == 0)
+		ferry_ring_spsc_release(r);
+	a.rc = 1;
+	cr_assert_eq(pthread_create(&th, NULL, peek_forever, &a), 0);
+	usleep(20000);
+	ferry_ring_spsc_close(r);
+	ferry_ring_wait_close(&w);
+	pthread_join(th, NULL);
+	cr_expect_eq(atomic_load(&a.rc), -EPIPE);
+	cr_expect_eq(ferry_ring_spsc_reserve_wait(r, 1, &wp, &w, FERRY_FOREVER), -EPIPE);
+	free(r);
+}
+
+/* ---- views: a side that pins the capacity it validated ---- */
+
+Test(ring_spsc, a_view_catches_a_capacity_grown_under_it)
+{
+	size_t n;
+	ferry_ring_spsc *r = mk(1024, &n);
+	struct ferry_ring_spsc_view v;
+	cr_expect_eq(ferry_ring_spsc_view_init(&v, r, n - 8), -EPROTO, "memsize too small");
+	cr_expect_eq(ferry_ring_spsc_view_init(NULL, r, n), -EINVAL);
+	cr_assert_eq(ferry_ring_spsc_view_init(&v, r, n), 0, "%s", ferry_errmsg());
+	cr_expect_eq(v.capacity, 1024);
+	void *w;
+	cr_assert_eq(ferry_ring_spsc_view_reserve(&v, 5, &w), 0);
+	memcpy(w, "hello", 5);
+	cr_assert_eq(ferry_ring_spsc_view_commit(&v, 5), 0);
+	struct ferry_ring_rec recs[2] = { { "ab", 2 }, { "cd", 2 } };
+	cr_assert_eq(ferry_ring_spsc_view_push_batch(&v, recs, 2), 2);
+	const void *p;
+	size_t len;
+	cr_assert_eq(ferry_ring_spsc_view_peek(&v, &p, &len), 0);
+	cr_expect_eq(len, 5);
+	ferry_ring_spsc_view_release(&v);
+	struct ferry_ring_rec out[4];
+	cr_assert_eq(ferry_ring_spsc_view_peek_batch(&v, out, 4), 2);
+	ferry_ring_spsc_view_release(&v);
+	/* the peer grows the capacity to a consistent, larger value: past our memory */
+	cr_assert_eq(push(r, "x", 1), 0);
+	*w64(r, OFF_CAP) = 1u << 20;
+	*w64(r, OFF_MASK) = (1u << 20) - 1;
+	cr_expect_eq(ferry_ring_spsc_view_peek(&v, &p, &len), -EPROTO);
+	cr_expect(ferry_ring_spsc_is_closed(r));
+	cr_expect_eq(ferry_ring_spsc_view_peek_batch(&v, out, 4), -EPROTO);
+	cr_expect_eq(ferry_ring_spsc_view_reserve(&v, 1, &w), -EPROTO);
+	cr_expect_eq(ferry_ring_spsc_view_commit(&v, 0), -EPROTO);
+	cr_expect_eq(ferry_ring_spsc_view_push_batch(&v, recs, 1), -EPROTO);
+	free(r);
+
+	/* a view never set up is refused, and the ring is left alone */
+	r = mk(1024, &n);
+	struct ferry_ring_spsc_view z = { r, 0 };
+	cr_expect_eq(ferry_ring_spsc_view_peek(&z, &p, &len), -EINVAL);
+	cr_expect(strstr(ferry_errmsg(), "view_init"), "%s", ferry_errmsg());
+	cr_expect_eq(ferry_ring_spsc_view_reserve(&z, 1, &w), -EINVAL);
+	cr_expect_eq(ferry_ring_spsc_view_peek(NULL, &p, &len), -EINVAL);
+	cr_expect_not(ferry_ring_spsc_is_closed(r));
+	free(r);
 }
