@@ -440,7 +440,7 @@ static int try_reserve_rec(ferry_port *p, void *arg)
 	struct reserve_arg *a = arg;
 	if (ferry__port_closed(p) || ferry__port_gone(p))
 		return -EPIPE;
-	return ferry_ring_spsc_reserve(p->tx, a->len, &a->where);
+	return ferry_ring_spsc_view_reserve(&p->txv, a->len, &a->where);
 }
 
 FERRY_API int ferry_port_post(ferry_port *p, const ferry_value *v, const struct ferry_xfer *x,
@@ -533,7 +533,7 @@ FERRY_API int ferry_port_post(ferry_port *p, const ferry_value *v, const struct 
 		if (rc) {
 			struct wire_hdr vh = { .kind = WIRE_VOID };
 			memcpy(w, &vh, sizeof vh);
-			ferry_ring_spsc_commit(p->tx, sizeof vh);
+			ferry_ring_spsc_view_commit(&p->txv, sizeof vh);
 			ferry_ec_notify(&p->txd->data_ec);
 			spill_put_back(pl.spill);
 			plan_fini(&pl);
@@ -547,7 +547,7 @@ FERRY_API int ferry_port_post(ferry_port *p, const ferry_value *v, const struct 
 	memcpy(w + sizeof wh + sizeof ch, pl.descs, nh * sizeof(struct handle_desc));
 	if (!spilled)
 		write_body(w + head, &pl, cbor);
-	ferry_ring_spsc_commit(p->tx, rec_len);
+	ferry_ring_spsc_view_commit(&p->txv, rec_len);
 	ferry_ec_notify(&p->txd->data_ec);
 	ferry__port_wake_fd(p);
 

@@ -103,6 +103,13 @@ static int port_open(ferry_port **out, ferry_seg *seg, const struct chan_hdr *h,
 	char *base = (char *)p->hdr;
 	p->tx = (ferry_ring_spsc *)(base + h->ring_off[side]);
 	p->rx = (ferry_ring_spsc *)(base + h->ring_off[!side]);
+	int rc = ferry_ring_spsc_view_init(&p->txv, p->tx, h->ring_size[side]);
+	if (rc == 0)
+		rc = ferry_ring_spsc_view_init(&p->rxv, p->rx, h->ring_size[!side]);
+	if (rc) {
+		free(p);
+		return ferry__fail(rc, "ferry_channel: the channel's rings do not validate");
+	}
 	p->txd = &p->hdr->dir[side];
 	p->rxd = &p->hdr->dir[!side];
 	p->sock = sock;
@@ -338,7 +345,7 @@ static int try_reserve(ferry_port *p, void *arg)
 	/* A peer known to be gone will never read what we post. */
 	if (ferry__port_closed(p) || ferry__port_gone(p))
 		return -EPIPE;
-	return ferry_ring_spsc_reserve(p->tx, a->len, &a->where);
+	return ferry_ring_spsc_view_reserve(&p->txv, a->len, &a->where);
 }
 
 FERRY_API int ferry_port_post_bytes(ferry_port *p, const void *data, size_t len, int64_t timeout_ns)
@@ -373,7 +380,7 @@ int ferry__port_post_raw(ferry_port *p, uint32_t kind, const void *data, size_t 
 	memcpy(a.where, &wh, sizeof wh);
 	if (len)
 		memcpy((char *)a.where + sizeof wh, data, len);
-	ferry_ring_spsc_commit(p->tx, a.len);
+	ferry_ring_spsc_view_commit(&p->txv, a.len);
 	ferry_ec_notify(&p->txd->data_ec);
 	ferry__port_wake_fd(p);
 	return 0;
@@ -385,7 +392,7 @@ static int try_peek(ferry_port *p, void *arg)
 		return -EPIPE;
 	const void **rec = arg;
 	size_t len;
-	int rc = ferry_ring_spsc_peek(p->rx, &rec[0], &len);
+	int rc = ferry_ring_spsc_view_peek(&p->rxv, &rec[0], &len);
 	if (rc == 0)
 		rec[1] = (const void *)(uintptr_t)len;
 	return rc;
@@ -455,7 +462,7 @@ FERRY_API int ferry_port_fd(ferry_port *p)
 
 static void consume(ferry_port *p)
 {
-	ferry_ring_spsc_release(p->rx);
+	ferry_ring_spsc_view_release(&p->rxv);
 	ferry_ec_notify(&p->rxd->space_ec);
 }
 

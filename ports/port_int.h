@@ -66,6 +66,10 @@ struct ferry_port {
 	ferry_seg *seg;
 	struct chan_hdr *hdr;
 	ferry_ring_spsc *tx, *rx;
+	/* Private copies of each ring's validated layout: every ring call goes
+	 * through them, so a peer that rewrites a ring header gets -EPROTO,
+	 * never an access past the mapping. */
+	struct ferry_ring_spsc_view txv, rxv;
 	struct chan_dir *txd, *rxd; /* eventcounts of the tx and rx directions */
 	int sock;                   /* our end of the control socket pair */
 	int side;

@@ -17,7 +17,7 @@ static int port_ready(void *arg)
 	size_t len;
 	/* A peek does not consume: any answer but "empty" means go and receive
 	 * (a record, the close, a corrupt ring). */
-	return ferry_ring_spsc_peek(w->port->rx, &rec, &len) != -EAGAIN ||
+	return ferry_ring_spsc_view_peek(&w->port->rxv, &rec, &len) != -EAGAIN ||
 	       ferry__port_closed(w->port);
 }
 
