@@ -43,7 +43,7 @@ enum ferry_wait_mode {
 #define FERRY_PORT_LIVENESS_NS (50 * 1000 * 1000)
 
 /* Default ring size each way, and its bounds. */
-#define FERRY_CHANNEL_RING_DEFAULT ((size_t)256 * 1024)
+#define FERRY_CHANNEL_RING_DEFAULT ((size_t)64 * 1024)
 
 /* The default largest message (a clone, spilled to its own segment when it
  * is larger than the ring takes). */
