@@ -466,31 +466,6 @@ static int serve(ferry_listener *l, int c, ferry_port **out, int64_t send_timeou
 	return 1;
 }
 
-/* Wait for the listening socket to be readable. 0: ready (or hung up),
- * -EAGAIN / -ETIMEDOUT, or -errno. */
-static int wait_readable(int fd, int64_t timeout_ns, int64_t deadline)
-{
-	if (timeout_ns == 0)
-		return -EAGAIN;
-	for (;;) {
-		struct timespec ts, *tsp = NULL;
-		if (deadline >= 0) {
-			int64_t left = ferry__remaining(deadline);
-			if (left == 0)
-				return -ETIMEDOUT;
-			ts.tv_sec = (time_t)(left / 1000000000);
-			ts.tv_nsec = (long)(left % 1000000000);
-			tsp = &ts;
-		}
-		struct pollfd p = { .fd = fd, .events = POLLIN };
-		int r = ppoll(&p, 1, tsp, NULL);
-		if (r > 0)
-			return 0;
-		if (r < 0 && errno != EINTR)
-			return -errno;
-	}
-}
-
 FERRY_API int ferry_accept(ferry_listener *l, ferry_port **out, int64_t timeout_ns)
 {
 	const char *fn = "ferry_accept";
@@ -512,7 +487,7 @@ FERRY_API int ferry_accept(ferry_listener *l, ferry_port **out, int64_t timeout_
 			if (e == EINTR || e == ECONNABORTED || e == EPROTO)
 				continue;
 			if (e == EAGAIN || e == EWOULDBLOCK) {
-				int rc = wait_readable(l->fd, timeout_ns, deadline);
+				int rc = ferry__wait_fd(l->fd, POLLIN, timeout_ns, deadline);
 				if (rc == 0)
 					continue;
 				if (rc == -EAGAIN)

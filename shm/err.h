@@ -18,6 +18,14 @@ int ferry__errno(int err, const char *fmt, ...) __attribute__((format(printf, 2,
 #define FERRY_LIKELY(x) __builtin_expect(!!(x), 1)
 #define FERRY_UNLIKELY(x) __builtin_expect(!!(x), 0)
 
+/*
+ * ferry__wait_fd - wait until @fd has @events (poll bits) or the absolute
+ * @deadline (ferry__deadline; negative: none) passes. Returns 0 when the
+ * caller should retry its call (ready, or a hang-up or error that call will
+ * report), -EAGAIN for @timeout_ns 0, -ETIMEDOUT, or -errno. EINTR absorbed.
+ */
+int ferry__wait_fd(int fd, short events, int64_t timeout_ns, int64_t deadline);
+
 /* Monotonic clock in nanoseconds. */
 int64_t ferry__now_ns(void);
 

@@ -104,7 +104,7 @@ static int64_t deadline_of(int64_t timeout_ns)
  * caller should retry its call (ready, or hangup/error which that call will
  * report), -EAGAIN for timeout 0, -ETIMEDOUT, or -errno.
  */
-static int wait_ready(int sock, short events, int64_t timeout_ns, int64_t deadline)
+int ferry__wait_fd(int sock, short events, int64_t timeout_ns, int64_t deadline)
 {
 	if (timeout_ns == 0)
 		return -EAGAIN;
@@ -222,7 +222,7 @@ FERRY_API int ferry_fds_send(int sock, const void *hdr, size_t len,
 		if (e == EINTR)
 			continue;
 		if (e == EAGAIN || e == EWOULDBLOCK) {
-			rc = wait_ready(sock, POLLOUT, timeout_ns, deadline);
+			rc = ferry__wait_fd(sock, POLLOUT, timeout_ns, deadline);
 			if (rc == 0)
 				continue;
 			if (sent && (rc == -EAGAIN || rc == -ETIMEDOUT))
@@ -271,7 +271,7 @@ static ssize_t recv_wait(int sock, struct msghdr *mh, int64_t timeout_ns, int64_
 			continue;
 		if (errno != EAGAIN && errno != EWOULDBLOCK)
 			return errno == ECONNRESET ? -EPIPE : -errno;
-		int rc = wait_ready(sock, POLLIN, timeout_ns, deadline);
+		int rc = ferry__wait_fd(sock, POLLIN, timeout_ns, deadline);
 		if (rc < 0)
 			return rc;
 	}
