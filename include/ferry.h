@@ -13,5 +13,6 @@
 #include "ferry/worker.h"
 #include "ferry/runtime.h"
 #include "ferry/loop.h"
+#include "ferry/pool.h"
 
 #endif /* FERRY_H */
