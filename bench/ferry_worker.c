@@ -5,6 +5,7 @@
  */
 #include "bench.h"
 
+#include "ferry/loop.h"
 #include "ferry/port.h"
 #include "ferry/worker.h"
 
@@ -168,6 +169,94 @@ static int run_rt(struct bench_ctx *ctx, const struct bench_scenario *s,
 	return finish_worker(ctx, w, r);
 }
 
+/* Loop delivery: the same echo round trip, but the parent waits for each
+ * reply in a ferry_loop (a port watch) instead of a blocking recv. Both
+ * sides block (no spin), so the floor is the blocking row of the run. */
+struct loop_param {
+	int backend;      /* enum ferry_backend */
+	int loop_backend; /* enum ferry_loop_backend_kind */
+};
+
+struct loop_reply {
+	int got;
+	int err;
+};
+
+static void on_reply(ferry_loop *loop, ferry_port *port, ferry_msg *m, int err, void *arg)
+{
+	struct loop_reply *lr = arg;
+	if (m) {
+		lr->got++;
+		ferry_msg_free(m);
+	} else {
+		lr->err = err;
+	}
+}
+
+static int run_loop_rt(struct bench_ctx *ctx, const struct bench_scenario *s,
+		       struct bench_samples *out)
+{
+	const struct loop_param *prm = s->arg;
+	size_t n = bench_count(ctx, BENCH_WAKE), warm = bench_warmup_count(ctx, BENCH_WAKE);
+	if (bench_samples_reserve(out, n))
+		return bench_fail(ctx, -ENOMEM, "samples");
+	ferry_loop *loop;
+	struct ferry_loop_opts lo = { .backend = prm->loop_backend };
+	int r = ferry_loop_create(&loop, &lo);
+	if (r)
+		return ferry_fail(ctx, r, "ferry_loop_create");
+	echo_cfg.cpu = ctx->cpu_peer;
+	echo_cfg.mode = FERRY_WAIT_BLOCK;
+	echo_cfg.timeout_ns = ctx->peer_timeout_ns;
+	struct ferry_worker_opts o = {
+		.backend = prm->backend, .entry = echo_entry, .name = "bench-echo", .arg = &echo_cfg,
+	};
+	ferry_worker *w;
+	r = ferry_worker_spawn(&w, &o);
+	if (r) {
+		ferry_loop_destroy(loop);
+		return ferry_fail(ctx, r, "ferry_worker_spawn");
+	}
+	ferry_port *p = ferry_worker_port(w);
+	struct loop_reply lr = { 0, 0 };
+	struct ferry_loop_port_watch pw = { 0 };
+	r = ferry_loop_port_start(loop, &pw, p, on_reply, &lr);
+	if (r) {
+		ferry_fail(ctx, r, "ferry_loop_port_start");
+		ferry_loop_destroy(loop);
+		return finish_worker(ctx, w, r);
+	}
+	char buf[MSG_BYTES];
+	memset(buf, 0x5a, sizeof buf);
+	for (size_t i = 0; r == 0 && i < warm + n && !(i >= warm && bench_stop(ctx, i - warm)); i++) {
+		uint64_t t0 = bench_now();
+		int want = lr.got + 1;
+		r = ferry_port_post_bytes(p, buf, sizeof buf, ctx->peer_timeout_ns);
+		if (r) {
+			ferry_fail(ctx, r, "ferry_port_post_bytes");
+			break;
+		}
+		uint64_t give_up = t0 + bench_ticks(ctx->peer_timeout_ns);
+		while (lr.got < want && !lr.err && bench_now() < give_up)
+			ferry_loop_run(loop, FERRY_RUN_ONCE);
+		if (lr.got < want) {
+			r = bench_failx(ctx, lr.err ? lr.err : -ETIMEDOUT, "no reply through the loop");
+			break;
+		}
+		if (i >= warm)
+			bench_samples_add(out, bench_ns(bench_now() - t0));
+	}
+	ferry_loop_port_stop(loop, &pw);
+	if (r == 0) {
+		int er = ferry_port_post_bytes(p, buf, 0, ctx->peer_timeout_ns);
+		if (er)
+			r = ferry_fail(ctx, er, "ferry_port_post_bytes of the end message");
+	}
+	r = finish_worker(ctx, w, r);
+	ferry_loop_destroy(loop);
+	return r;
+}
+
 /* Start: the worker posts one message at once and ends. */
 static int hello_entry(ferry_worker_ctx *wc)
 {
@@ -265,3 +354,24 @@ static const struct bench_scenario ferry_scenarios[] = {
 	  .run = run_start, .arg = &p_spin_prc },
 };
 BENCH_REGISTER(ferry_scenarios)
+
+#define LOOP_GROUP "event loop, port delivery of a 64 B reply (both sides block)"
+static const struct loop_param lp_uring_thr = { FERRY_THREAD, FERRY_LOOP_URING };
+static const struct loop_param lp_uring_prc = { FERRY_PROCESS, FERRY_LOOP_URING };
+static const struct loop_param lp_epoll_thr = { FERRY_THREAD, FERRY_LOOP_EPOLL };
+static const struct loop_param lp_epoll_prc = { FERRY_PROCESS, FERRY_LOOP_EPOLL };
+static const struct bench_scenario loop_port_scenarios[] = {
+	{ .id = "loop.port.uring.thread", .group = LOOP_GROUP, .order = 820, .name = "loop (io_uring)",
+	  .backend = "thread", .mode = "block", .floor = "rt64.ferry.block.thread",
+	  .run = run_loop_rt, .arg = &lp_uring_thr },
+	{ .id = "loop.port.uring.process", .group = LOOP_GROUP, .order = 821, .name = "loop (io_uring)",
+	  .backend = "process", .mode = "block", .floor = "rt64.ferry.block.process",
+	  .run = run_loop_rt, .arg = &lp_uring_prc },
+	{ .id = "loop.port.epoll.thread", .group = LOOP_GROUP, .order = 822, .name = "loop (epoll)",
+	  .backend = "thread", .mode = "block", .floor = "rt64.ferry.block.thread",
+	  .run = run_loop_rt, .arg = &lp_epoll_thr },
+	{ .id = "loop.port.epoll.process", .group = LOOP_GROUP, .order = 823, .name = "loop (epoll)",
+	  .backend = "process", .mode = "block", .floor = "rt64.ferry.block.process",
+	  .run = run_loop_rt, .arg = &lp_epoll_prc },
+};
+BENCH_REGISTER(loop_port_scenarios)
