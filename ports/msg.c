@@ -585,23 +585,28 @@ static int recv_fds(ferry_port *p, uint64_t seq, int *fds, unsigned n)
 		struct fd_batch bh;
 		unsigned k = 0;
 		unsigned want = n - got < FERRY_FDS_MAX ? n - got : FERRY_FDS_MAX;
-		int rc = ferry_fds_recv(p->sock, &bh, sizeof bh, fds + got, want, &k, 0);
+		/* Take a whole batch, whatever it holds: a stale one left by a post
+		 * that failed halfway may carry more fds than this record needs,
+		 * and must be dropped, not make this message fail. */
+		int tmp[FERRY_FDS_MAX];
+		int rc = ferry_fds_recv(p->sock, &bh, sizeof bh, tmp, FERRY_FDS_MAX, &k, 0);
 		if (rc == -EAGAIN)
 			return ferry__fail(-EBADMSG, "ferry_port_recv: %u fds announced, %u arrived", n, got);
 		if (rc)
 			return ferry__fail(rc == -EPIPE ? -EBADMSG : rc,
 					   "ferry_port_recv: receiving the message's fds: %s", ferry_strerror(rc));
 		if (bh.seq < seq) { /* left over from a post that failed halfway */
-			close_fds(fds + got, k);
+			close_fds(tmp, k);
 			ferry__port_drain_wakes(p);
 			continue;
 		}
 		if (bh.seq != seq || bh.index != index || bh.count != k || k != want) {
-			close_fds(fds + got, k);
+			close_fds(tmp, k);
 			return ferry__fail(-EBADMSG,
 					   "ferry_port_recv: fd batch (seq %llu, index %u, %u fds) does not match the message (seq %llu, index %u, %u fds)",
 					   (unsigned long long)bh.seq, bh.index, k, (unsigned long long)seq, index, want);
 		}
+		memcpy(fds + got, tmp, k * sizeof *tmp);
 		got += k;
 		index++;
 	}
@@ -688,7 +693,8 @@ int ferry__msg_decode(ferry_port *p, const unsigned char *rec, size_t len, ferry
 		goto fail;
 	}
 	if (ch.body_len > p->max_message) {
-		rc = ferry__fail(-EMSGSIZE, "ferry_port_recv: a %llu-byte message exceeds max_message %zu",
+		/* A message this port refuses is a messageerror like any other. */
+		rc = ferry__fail(-EBADMSG, "ferry_port_recv: a %llu-byte message exceeds max_message %zu",
 				 (unsigned long long)ch.body_len, p->max_message);
 		goto fail;
 	}

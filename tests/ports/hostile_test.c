@@ -1295,11 +1295,9 @@ static void records_out_of_bounds(int process)
 Test(hostile, records_out_of_bounds_are_ebadmsg_process) { records_out_of_bounds(1); }
 Test(hostile, records_out_of_bounds_are_ebadmsg_thread) { records_out_of_bounds(0); }
 
-Test(hostile, known_bug_oversized_body_len_is_emsgsize)
+Test(hostile, oversized_body_len_is_a_messageerror)
 {
-	KNOWN_BUG("a clone record whose body_len exceeds max_message is reported as -EMSGSIZE, "
-		  "which ferry_port_recv does not document, before its structure is checked "
-		  "(ports/msg.c ferry__msg_decode)");
+	/* fixed: was a known bug, now a regular test */
 	ferry_port *a, *b;
 	cr_assert_eq(ferry_channel(&a, &b, NULL), 0);
 	static const struct rec_case one[] = { { "body_len 2^64-1", rc_body_len_max, -EBADMSG, 0, 0 } };
@@ -2440,11 +2438,9 @@ static int bs_three_fds_no_record(ferry_port *p)
 	return post_real(p, 130);
 }
 
-Test(hostile, known_bug_stale_batch_with_more_fds_fails_the_next_message)
+Test(hostile, stale_batch_with_more_fds_is_dropped)
 {
-	KNOWN_BUG("recv_fds reads a batch with max_fds = what the current record still needs, so "
-		  "a stale batch with more fds fails the good message instead of being dropped "
-		  "(ports/msg.c recv_fds)");
+	/* fixed: was a known bug, now a regular test */
 	static const struct batch_step steps[] = {
 		{ "3 fds with no record, then a real message", bs_three_fds_no_record, NULL, { 0 }, { 130 }, 1, 0 },
 	};
