@@ -10,6 +10,11 @@
  * them, the consumers (main among them) pop them all; the sample is
  * ROUND / the round's time. Waiting sides spin (pause), and yield when more
  * sides than CPUs share the machine.
+ *
+ * ferry's SPSC rows go through ring views (ferry_ring_spsc_view_*), each side
+ * with its own in its private memory, as ports use the ring: the plain calls
+ * keep each side's state in the shared header (for peers that trust each
+ * other), which costs an extra cache-line transfer per record.
  */
 #include "bench.h"
 
@@ -87,24 +92,33 @@ static inline int idle(struct bench_spin *sp, bool crowd, unsigned *n)
 
 /* ---- one push / one pop of up to @batch elements, per ring kind ---- */
 
-static int push_some(struct tp *tp, const struct e64 *src, unsigned batch)
+/* This side's SPSC view of the ring (set up after the ring's init). */
+static int view_of(struct tp *tp, struct ferry_ring_spsc_view *v)
+{
+	if (tp->p->kind != FERRY_SPSC)
+		return 0;
+	return ferry_ring_spsc_view_init(v, ring_of(tp), tp->ring_size);
+}
+
+static int push_some(struct tp *tp, struct ferry_ring_spsc_view *v, const struct e64 *src,
+		     unsigned batch)
 {
 	void *r = ring_of(tp);
 	switch (tp->p->kind) {
 	case FERRY_SPSC:
 		if (batch == 1) {
 			void *w;
-			int rc = ferry_ring_spsc_reserve(r, ELEM, &w);
+			int rc = ferry_ring_spsc_view_reserve(v, ELEM, &w);
 			if (rc)
 				return rc;
 			memcpy(w, src, ELEM);
-			rc = ferry_ring_spsc_commit(r, ELEM);
+			rc = ferry_ring_spsc_view_commit(v, ELEM);
 			return rc ? rc : 1;
 		} else {
 			struct ferry_ring_rec recs[64];
 			for (unsigned i = 0; i < batch; i++)
 				recs[i] = (struct ferry_ring_rec){ &src[i], ELEM };
-			return ferry_ring_spsc_push_batch(r, recs, batch);
+			return ferry_ring_spsc_view_push_batch(v, recs, batch);
 		}
 	case FERRY_MPMC:
 		if (batch == 1) {
@@ -123,7 +137,8 @@ static int push_some(struct tp *tp, const struct e64 *src, unsigned batch)
 	}
 }
 
-static int pop_some(struct tp *tp, struct e64 *dst, unsigned batch)
+static int pop_some(struct tp *tp, struct ferry_ring_spsc_view *v, struct e64 *dst,
+		    unsigned batch)
 {
 	void *r = ring_of(tp);
 	switch (tp->p->kind) {
@@ -131,19 +146,19 @@ static int pop_some(struct tp *tp, struct e64 *dst, unsigned batch)
 		if (batch == 1) {
 			const void *q;
 			size_t len;
-			int rc = ferry_ring_spsc_peek(r, &q, &len);
+			int rc = ferry_ring_spsc_view_peek(v, &q, &len);
 			if (rc)
 				return rc;
 			memcpy(dst, q, ELEM);
-			ferry_ring_spsc_release(r);
+			ferry_ring_spsc_view_release(v);
 			return 1;
 		}
 		struct ferry_ring_rec recs[64];
-		int k = ferry_ring_spsc_peek_batch(r, recs, batch);
+		int k = ferry_ring_spsc_view_peek_batch(v, recs, batch);
 		for (int i = 0; i < k; i++)
 			memcpy(&dst[i], recs[i].p, ELEM);
 		if (k > 0)
-			ferry_ring_spsc_release(r);
+			ferry_ring_spsc_view_release(v);
 		return k;
 	}
 	case FERRY_MPMC:
@@ -174,6 +189,10 @@ static int tp_producer(struct bench_ctx *ctx, void *arg)
 		bench_pin(ctx, BENCH_ANY);
 	struct e64 src[64];
 	memset(src, sd->idx + 1, sizeof src);
+	struct ferry_ring_spsc_view v;
+	int vr = view_of(tp, &v);
+	if (vr)
+		return vr;
 	uint64_t done = 0;
 	unsigned share = ROUND / (unsigned)p->nprod;
 	for (;;) {
@@ -189,13 +208,13 @@ static int tp_producer(struct bench_ctx *ctx, void *arg)
 		done++;
 		for (unsigned left = share; left;) {
 			unsigned b = p->batch < left ? p->batch : left;
-			int k = push_some(tp, src, b);
+			int k = push_some(tp, &v, src, b);
 			if (k == -EAGAIN) {
 				sp = bench_spin_start(ctx);
 				do {
 					if (idle(&sp, crowded(p), &n))
 						return -ETIMEDOUT;
-				} while ((k = push_some(tp, src, b)) == -EAGAIN);
+				} while ((k = push_some(tp, &v, src, b)) == -EAGAIN);
 			}
 			if (k < 0)
 				return k;
@@ -212,12 +231,16 @@ static int tp_consumer(struct bench_ctx *ctx, void *arg)
 	if (crowded(p))
 		bench_pin(ctx, BENCH_ANY);
 	struct e64 dst[64];
+	struct ferry_ring_spsc_view v;
+	int vr = view_of(tp, &v);
+	if (vr)
+		return vr;
 	uint64_t mine = 0;
 	struct bench_spin sp = bench_spin_start(ctx);
 	unsigned n = 0;
 	bool idling = false;
 	for (;;) {
-		int k = pop_some(tp, dst, p->batch);
+		int k = pop_some(tp, &v, dst, p->batch);
 		if (k > 0) {
 			mine += (unsigned)k;
 			/* release: main sums these after the round; nothing is read through them */
@@ -283,6 +306,9 @@ static int run_tp(struct bench_ctx *ctx, const struct bench_scenario *s, struct 
 #endif
 		break;
 	}
+	struct ferry_ring_spsc_view v;
+	if (r == 0)
+		r = view_of(tp, &v);
 	if (r) {
 		bench_shared_free(tp, total);
 		return bench_failx(ctx, r, "ring init: %s", ferry_errmsg());
@@ -316,7 +342,7 @@ static int run_tp(struct bench_ctx *ctx, const struct bench_scenario *s, struct 
 		struct bench_spin sp = bench_spin_start(ctx);
 		unsigned idl = 0;
 		for (;;) {
-			int k = pop_some(tp, dst, p->batch);
+			int k = pop_some(tp, &v, dst, p->batch);
 			if (k > 0) {
 				taken += (unsigned)k; /* the peer timeout bounds the whole round */
 			} else if (k != -EAGAIN) {
@@ -367,43 +393,60 @@ struct pp {
 	size_t off[2]; /* main -> peer, peer -> main */
 };
 
-static int pp_send(const struct param *p, void *r, const struct e64 *m)
+/* One direction of the ping-pong: the ring, and this side's SPSC view of it. */
+struct pp_end {
+	void *r;
+	struct ferry_ring_spsc_view v;
+};
+
+static int pp_open(const struct param *p, struct pp_end *e, void *r, size_t size)
+{
+	e->r = r;
+	return p->kind == FERRY_SPSC ? ferry_ring_spsc_view_init(&e->v, r, size) : 0;
+}
+
+static int pp_send(const struct param *p, struct pp_end *e, const struct e64 *m)
 {
 	if (p->kind == FERRY_SPSC) {
 		void *w;
-		int rc = ferry_ring_spsc_reserve(r, ELEM, &w);
+		int rc = ferry_ring_spsc_view_reserve(&e->v, ELEM, &w);
 		if (rc)
 			return rc;
 		memcpy(w, m, ELEM);
-		return ferry_ring_spsc_commit(r, ELEM);
+		return ferry_ring_spsc_view_commit(&e->v, ELEM);
 	}
-	return ferry_ring_mpmc_push(r, m, ELEM);
+	return ferry_ring_mpmc_push(e->r, m, ELEM);
 }
 
-static int pp_recv(const struct param *p, void *r, struct e64 *m)
+static int pp_recv(const struct param *p, struct pp_end *e, struct e64 *m)
 {
 	if (p->kind == FERRY_SPSC) {
 		const void *q;
 		size_t len;
-		int rc = ferry_ring_spsc_peek(r, &q, &len);
+		int rc = ferry_ring_spsc_view_peek(&e->v, &q, &len);
 		if (rc)
 			return rc;
 		memcpy(m, q, ELEM);
-		ferry_ring_spsc_release(r);
+		ferry_ring_spsc_view_release(&e->v);
 		return 0;
 	}
-	return ferry_ring_mpmc_pop(r, m, ELEM);
+	return ferry_ring_mpmc_pop(e->r, m, ELEM);
 }
 
 static int pp_peer(struct bench_ctx *ctx, void *arg)
 {
 	struct pp *pp = arg;
-	void *in = (char *)pp + pp->off[0], *out = (char *)pp + pp->off[1];
+	struct pp_end in, out;
+	int r = pp_open(pp->p, &in, (char *)pp + pp->off[0], pp->ring_size);
+	if (r == 0)
+		r = pp_open(pp->p, &out, (char *)pp + pp->off[1], pp->ring_size);
+	if (r)
+		return r;
 	struct e64 m;
 	for (;;) {
 		struct bench_spin sp = bench_spin_start(ctx);
 		int rc;
-		while ((rc = pp_recv(pp->p, in, &m)) == -EAGAIN) {
+		while ((rc = pp_recv(pp->p, &in, &m)) == -EAGAIN) {
 			if (atomic_load_explicit(&pp->stop, memory_order_relaxed))
 				return 0;
 			if (bench_spin(&sp))
@@ -411,7 +454,7 @@ static int pp_peer(struct bench_ctx *ctx, void *arg)
 		}
 		if (rc)
 			return rc == -EPIPE ? 0 : rc;
-		while ((rc = pp_send(pp->p, out, &m)) == -EAGAIN)
+		while ((rc = pp_send(pp->p, &out, &m)) == -EAGAIN)
 			if (bench_spin(&sp))
 				return -ETIMEDOUT;
 		if (rc)
@@ -436,12 +479,16 @@ static int run_pp(struct bench_ctx *ctx, const struct bench_scenario *s, struct 
 	pp->ring_size = rs;
 	pp->off[0] = 4096;
 	pp->off[1] = 4096 + rs;
-	void *to = (char *)pp + pp->off[0], *from = (char *)pp + pp->off[1];
+	struct pp_end to, from;
 	int r = 0;
 	for (int i = 0; i < 2 && r == 0; i++)
 		r = p->kind == FERRY_SPSC ? ferry_ring_spsc_init((void *)((char *)pp + pp->off[i]), rs)
 					  : ferry_ring_mpmc_init((void *)((char *)pp + pp->off[i]), rs,
 								 ELEM);
+	if (r == 0)
+		r = pp_open(p, &to, (char *)pp + pp->off[0], rs);
+	if (r == 0)
+		r = pp_open(p, &from, (char *)pp + pp->off[1], rs);
 	if (r) {
 		bench_shared_free(pp, total);
 		return bench_failx(ctx, r, "ring init: %s", ferry_errmsg());
@@ -462,13 +509,13 @@ static int run_pp(struct bench_ctx *ctx, const struct bench_scenario *s, struct 
 		uint64_t t0 = bench_now();
 		struct bench_spin sp = bench_spin_start(ctx);
 		int rc;
-		while ((rc = pp_send(p, to, &m)) == -EAGAIN)
+		while ((rc = pp_send(p, &to, &m)) == -EAGAIN)
 			if (bench_spin(&sp)) {
 				rc = -ETIMEDOUT;
 				break;
 			}
 		if (rc == 0)
-			while ((rc = pp_recv(p, from, &back)) == -EAGAIN)
+			while ((rc = pp_recv(p, &from, &back)) == -EAGAIN)
 				if (bench_spin(&sp)) {
 					rc = -ETIMEDOUT;
 					break;

@@ -97,6 +97,20 @@ static inline uint64_t snapshot(const struct ferry_ring_spsc *r, uint64_t want)
 	return FERRY_LIKELY(ok) ? cap : 0;
 }
 
+/*
+ * The same check through a view: @want was validated when the view was set
+ * up, so the header only has to match it (three loads, three compares).
+ */
+static inline uint64_t snapshot_view(const struct ferry_ring_spsc *r, uint64_t want)
+{
+	uint64_t id = __atomic_load_n((const uint64_t *)(const void *)&r->magic, __ATOMIC_RELAXED);
+	uint64_t cap = __atomic_load_n(&r->capacity, __ATOMIC_RELAXED);
+	uint64_t mask = __atomic_load_n(&r->mask, __ATOMIC_RELAXED);
+	bool ok = (id == ((uint64_t)SPSC_VERSION << 32 | SPSC_MAGIC)) & (cap == want) &
+		  (mask == want - 1);
+	return FERRY_LIKELY(ok) ? want : 0;
+}
+
 static inline uint64_t rec_word(uint32_t kind, uint64_t len)
 {
 	return (uint64_t)kind << 32 | len;
@@ -211,14 +225,50 @@ FERRY_API size_t ferry_ring_spsc_max_record(const ferry_ring_spsc *r)
 }
 
 /*
- * Room for @total bytes at @tail? Uses the cached head, reloading it only
- * when the cache says no. Returns 0, -EAGAIN, or -EPROTO (head out of range).
+ * Per-side state. The plain calls keep it in the shared header (a trusted
+ * peer's side); a view keeps it in its own private memory, so nothing a peer
+ * writes there is ever read. A view's producer also reloads head on every
+ * reserve (@fresh), so a head the peer rewrote is caught at the next post
+ * rather than when the ring next looks full.
  */
-static inline int room(struct ferry_ring_spsc *r, uint64_t cap, uint64_t tail, uint64_t total,
-		       const char *who)
+struct prod {
+	uint64_t *head_cache; /* last view of head */
+	uint64_t *resv;       /* reserved length + 1; 0 = no reservation */
+	bool fresh;           /* a view's: reload head at every reserve */
+};
+struct cons {
+	uint64_t *tail_cache; /* last view of tail */
+	uint64_t *adv;        /* bytes release() moves head by; 0 = nothing peeked */
+	bool view;
+};
+
+static inline struct prod shared_prod(struct ferry_ring_spsc *r)
 {
-	uint64_t head = r->head_cache;
-	if (FERRY_LIKELY(tail - head <= cap && cap - (tail - head) >= total))
+	return (struct prod){ &r->head_cache, &r->resv, false };
+}
+static inline struct cons shared_cons(struct ferry_ring_spsc *r)
+{
+	return (struct cons){ &r->tail_cache, &r->adv, false };
+}
+static inline struct prod view_prod(struct ferry_ring_spsc_view *v)
+{
+	return (struct prod){ &v->head_cache, &v->resv, true };
+}
+static inline struct cons view_cons(struct ferry_ring_spsc_view *v)
+{
+	return (struct cons){ &v->tail_cache, &v->adv, true };
+}
+
+/*
+ * Room for @total bytes at @tail? Uses the cached head, reloading it only
+ * when the cache says no (or always, when @fresh). Returns 0, -EAGAIN, or
+ * -EPROTO (head out of range).
+ */
+static inline int room(struct ferry_ring_spsc *r, struct prod ps, bool fresh, uint64_t cap,
+		       uint64_t tail, uint64_t total, const char *who)
+{
+	uint64_t head = *ps.head_cache;
+	if (FERRY_LIKELY(!fresh && tail - head <= cap && cap - (tail - head) >= total))
 		return 0;
 	/*
 	 * acquire: pairs with the consumer's release store of head in
@@ -228,7 +278,7 @@ static inline int room(struct ferry_ring_spsc *r, uint64_t cap, uint64_t tail, u
 	head = atomic_load_explicit(&r->head, memory_order_acquire);
 	if (FERRY_UNLIKELY(tail - head > cap || (head & 7)))
 		return corrupt(r, who, "head out of range (past tail or more than capacity behind)");
-	r->head_cache = head;
+	*ps.head_cache = head;
 	return cap - (tail - head) >= total ? 0 : -EAGAIN;
 }
 
@@ -240,13 +290,13 @@ static inline uint64_t span(uint64_t cap, uint64_t off, uint64_t len)
 }
 
 /* The producer's checks shared by reserve and push_batch; returns the tail or sets *err. */
-static inline int producer_start(struct ferry_ring_spsc *r, uint64_t cap, uint64_t *tail,
+static inline int producer_start(struct ferry_ring_spsc *r, struct prod ps, uint64_t *tail,
 				 const char *who)
 {
 	/* relaxed: a flag with no data behind it; a late view only delays -EPIPE by a call */
 	if (FERRY_UNLIKELY(atomic_load_explicit(&r->closed, memory_order_relaxed)))
 		return -EPIPE;
-	if (FERRY_UNLIKELY(r->resv))
+	if (FERRY_UNLIKELY(*ps.resv))
 		return ferry__fail(-EBUSY, "%s: a reservation is already open", who);
 	/* relaxed: only this side writes tail */
 	*tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
@@ -274,8 +324,8 @@ static inline uint64_t put_header(struct ferry_ring_spsc *r, uint64_t cap, uint6
  * falls back on any doubt to the full path, noinline so that the fast one
  * stays small. Both validate everything they use.
  */
-__attribute__((noinline)) static int reserve_slow(ferry_ring_spsc *r, uint64_t want, size_t len,
-						 void **p)
+__attribute__((noinline)) static int reserve_slow(ferry_ring_spsc *r, struct prod ps, uint64_t want,
+						 size_t len, void **p)
 {
 	static const char who[] = "ferry_ring_spsc_reserve";
 	if (FERRY_UNLIKELY(!r || !p))
@@ -287,19 +337,20 @@ __attribute__((noinline)) static int reserve_slow(ferry_ring_spsc *r, uint64_t w
 		return ferry__fail(-EMSGSIZE, "%s: len %zu exceeds max_record %llu", who, len,
 				   (unsigned long long)max_rec(cap));
 	uint64_t tail = 0;
-	int rc = producer_start(r, cap, &tail, who);
+	int rc = producer_start(r, ps, &tail, who);
 	if (FERRY_UNLIKELY(rc))
 		return rc;
 	uint64_t off = tail & (cap - 1), total = span(cap, off, len);
-	rc = room(r, cap, tail, total, who);
+	rc = room(r, ps, ps.fresh, cap, tail, total, who);
 	if (rc)
 		return rc;
-	r->resv = (uint64_t)len + 1;
+	*ps.resv = (uint64_t)len + 1;
 	*p = r->data + ((off + total - REC_HDR - align8(len)) & (cap - 1)) + REC_HDR;
 	return 0;
 }
 
-__attribute__((noinline)) static int commit_slow(ferry_ring_spsc *r, uint64_t want, size_t len)
+__attribute__((noinline)) static int commit_slow(ferry_ring_spsc *r, struct prod ps, uint64_t want,
+						size_t len)
 {
 	static const char who[] = "ferry_ring_spsc_commit";
 	if (FERRY_UNLIKELY(!r))
@@ -307,7 +358,7 @@ __attribute__((noinline)) static int commit_slow(ferry_ring_spsc *r, uint64_t wa
 	uint64_t cap = snapshot(r, want);
 	if (FERRY_UNLIKELY(!cap))
 		return corrupt(r, who, "header (magic, version, capacity, mask)");
-	uint64_t resv = r->resv;
+	uint64_t resv = *ps.resv;
 	if (FERRY_UNLIKELY(!resv))
 		return ferry__fail(-EINVAL, "%s: no reservation is open", who);
 	uint64_t rlen = resv - 1;
@@ -318,10 +369,12 @@ __attribute__((noinline)) static int commit_slow(ferry_ring_spsc *r, uint64_t wa
 		return corrupt(r, who, "reservation length");
 	/* relaxed: only this side writes tail */
 	uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
+	if (FERRY_UNLIKELY(tail & 7))
+		return corrupt(r, who, "misaligned tail");
 	uint64_t off = tail & (cap - 1);
 	uint64_t pad = off + REC_HDR + align8(rlen) > cap ? cap - off : 0;
 	put_header(r, cap, tail, rlen, len);
-	r->resv = 0;
+	*ps.resv = 0;
 	/*
 	 * release: pairs with the consumer's acquire load of tail in peek(); the
 	 * record (and any pad marker) is visible before the index that covers it.
@@ -330,40 +383,51 @@ __attribute__((noinline)) static int commit_slow(ferry_ring_spsc *r, uint64_t wa
 	return 0;
 }
 
-static inline __attribute__((always_inline)) int reserve_impl(ferry_ring_spsc *r, uint64_t want,
-							    size_t len, void **p)
+static inline __attribute__((always_inline)) int reserve_impl(ferry_ring_spsc *r, struct prod ps,
+							    uint64_t want, size_t len, void **p)
 {
 	if (FERRY_LIKELY(r && p)) {
-		uint64_t cap = snapshot(r, want);
+		uint64_t cap = ps.fresh ? snapshot_view(r, want) : snapshot(r, want);
 		/* relaxed: as in reserve_slow (closed is a flag; tail is ours) */
 		if (FERRY_LIKELY(cap && len <= max_rec(cap) &&
-				 !atomic_load_explicit(&r->closed, memory_order_relaxed) && !r->resv)) {
+				 !atomic_load_explicit(&r->closed, memory_order_relaxed) && !*ps.resv)) {
 			uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
 			uint64_t off = tail & (cap - 1), need = REC_HDR + align8(len);
+			uint64_t head = *ps.head_cache;
+			if (ps.fresh) {
+				/* acquire: as in room(); validated by the compare below or in reserve_slow */
+				head = atomic_load_explicit(&r->head, memory_order_acquire);
+				if (FERRY_LIKELY(!(head & 7) && tail - head <= cap))
+					*ps.head_cache = head;
+			}
 			/* one compare checks the cached head both for range and for room */
-			if (FERRY_LIKELY(!(tail & 7) && off + need <= cap &&
-					 tail - r->head_cache <= cap - need)) {
-				r->resv = (uint64_t)len + 1;
+			if (FERRY_LIKELY(!((tail | head) & 7) && off + need <= cap &&
+					 tail - head <= cap - need)) {
+				*ps.resv = (uint64_t)len + 1;
 				*p = r->data + off + REC_HDR;
 				return 0;
 			}
 		}
 	}
-	return reserve_slow(r, want, len, p);
+	return reserve_slow(r, ps, want, len, p);
 }
 
-static inline __attribute__((always_inline)) int commit_impl(ferry_ring_spsc *r, uint64_t want,
-							   size_t len)
+static inline __attribute__((always_inline)) int commit_impl(ferry_ring_spsc *r, struct prod ps,
+							   uint64_t want, size_t len)
 {
 	if (FERRY_LIKELY(r)) {
-		uint64_t cap = snapshot(r, want), resv = r->resv;
+		/*
+		 * A view needs no header check here: every address below comes from
+		 * its private capacity, and its reserve checked the header already.
+		 */
+		uint64_t cap = ps.fresh ? want : snapshot(r, want), resv = *ps.resv;
 		if (FERRY_LIKELY(cap && len < resv && resv - 1 <= max_rec(cap))) {
 			/* relaxed: only this side writes tail */
 			uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
 			uint64_t off = tail & (cap - 1);
 			if (FERRY_LIKELY(!(tail & 7) && off + REC_HDR + align8(resv - 1) <= cap)) {
 				*(uint64_t *)(r->data + off) = rec_word(KIND_DATA, len);
-				r->resv = 0;
+				*ps.resv = 0;
 				/* release: pairs with the consumer's acquire load of tail in peek() */
 				atomic_store_explicit(&r->tail, tail + REC_HDR + align8(len),
 						      memory_order_release);
@@ -371,11 +435,11 @@ static inline __attribute__((always_inline)) int commit_impl(ferry_ring_spsc *r,
 			}
 		}
 	}
-	return commit_slow(r, want, len);
+	return commit_slow(r, ps, want, len);
 }
 
-static int push_batch_impl(ferry_ring_spsc *r, uint64_t want, const struct ferry_ring_rec *recs,
-			   size_t n)
+static int push_batch_impl(ferry_ring_spsc *r, struct prod ps, uint64_t want,
+			   const struct ferry_ring_rec *recs, size_t n)
 {
 	static const char who[] = "ferry_ring_spsc_push_batch";
 	if (FERRY_UNLIKELY(!r || (!recs && n)))
@@ -388,10 +452,11 @@ static int push_batch_impl(ferry_ring_spsc *r, uint64_t want, const struct ferry
 	if (n > INT_MAX)
 		n = INT_MAX;
 	uint64_t tail0 = 0, tail;
-	int rc = producer_start(r, cap, &tail0, who);
+	int rc = producer_start(r, ps, &tail0, who);
 	if (FERRY_UNLIKELY(rc))
 		return rc;
 	tail = tail0;
+	bool fresh = ps.fresh; /* a view reloads head once per batch */
 	size_t i;
 	for (i = 0; i < n; i++) {
 		size_t len = recs[i].len;
@@ -407,7 +472,8 @@ static int push_batch_impl(ferry_ring_spsc *r, uint64_t want, const struct ferry
 			break;
 		}
 		uint64_t total = span(cap, tail & (cap - 1), len);
-		rc = room(r, cap, tail0, tail - tail0 + total, who);
+		rc = room(r, ps, fresh, cap, tail0, tail - tail0 + total, who);
+		fresh = false;
 		if (rc) {
 			if (i == 0 || rc != -EAGAIN)
 				return rc;
@@ -456,8 +522,8 @@ static inline int next_rec(struct ferry_ring_spsc *r, uint64_t cap, uint64_t hea
 }
 
 /* The consumer's view: head and a tail past it. Returns 0, -EAGAIN, -EPIPE or -EPROTO. */
-static inline int consumer_start(struct ferry_ring_spsc *r, uint64_t cap, uint64_t *head_out,
-				 uint64_t *tail_out, const char *who)
+static inline int consumer_start(struct ferry_ring_spsc *r, struct cons cs, uint64_t cap,
+				 uint64_t *head_out, uint64_t *tail_out, const char *who)
 {
 	/* relaxed: CORRUPT is sticky and carries no data */
 	if (FERRY_UNLIKELY(atomic_load_explicit(&r->closed, memory_order_relaxed) & CORRUPT))
@@ -466,8 +532,8 @@ static inline int consumer_start(struct ferry_ring_spsc *r, uint64_t cap, uint64
 	uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
 	if (FERRY_UNLIKELY(head & 7))
 		return corrupt(r, who, "misaligned head");
-	uint64_t tail = r->tail_cache;
-	if (tail == head || tail - head > cap) {
+	uint64_t tail = *cs.tail_cache;
+	if (tail == head || tail - head > cap || (tail & 7)) {
 		/* acquire: pairs with the producer's release store of tail in commit() */
 		tail = atomic_load_explicit(&r->tail, memory_order_acquire);
 		if (FERRY_UNLIKELY(tail - head > cap || (tail & 7)))
@@ -475,7 +541,7 @@ static inline int consumer_start(struct ferry_ring_spsc *r, uint64_t cap, uint64
 		if (tail == head) {
 			/* acquire: pairs with the release in close(), which follows the last commit */
 			if (!atomic_load_explicit(&r->closed, memory_order_acquire)) {
-				r->tail_cache = tail;
+				*cs.tail_cache = tail;
 				return -EAGAIN;
 			}
 			/* acquire: as above; closed was set after that side's last commit */
@@ -483,19 +549,19 @@ static inline int consumer_start(struct ferry_ring_spsc *r, uint64_t cap, uint64
 			if (FERRY_UNLIKELY(tail - head > cap || (tail & 7)))
 				return corrupt(r, who, "tail out of range");
 			if (tail == head) {
-				r->tail_cache = tail;
+				*cs.tail_cache = tail;
 				return -EPIPE;
 			}
 		}
-		r->tail_cache = tail;
+		*cs.tail_cache = tail;
 	}
 	*head_out = head;
 	*tail_out = tail;
 	return 0;
 }
 
-__attribute__((noinline)) static int peek_slow(ferry_ring_spsc *r, uint64_t want, const void **p,
-					      size_t *len)
+__attribute__((noinline)) static int peek_slow(ferry_ring_spsc *r, struct cons cs, uint64_t want,
+					      const void **p, size_t *len)
 {
 	static const char who[] = "ferry_ring_spsc_peek";
 	if (FERRY_UNLIKELY(!r || !p || !len))
@@ -504,33 +570,33 @@ __attribute__((noinline)) static int peek_slow(ferry_ring_spsc *r, uint64_t want
 	if (FERRY_UNLIKELY(!cap))
 		return corrupt(r, who, "header (magic, version, capacity, mask)");
 	uint64_t head = 0, tail = 0, off = 0, n = 0, adv = 0;
-	int rc = consumer_start(r, cap, &head, &tail, who);
+	int rc = consumer_start(r, cs, cap, &head, &tail, who);
 	if (rc)
 		return rc;
 	rc = next_rec(r, cap, head, tail - head, &off, &n, &adv, who);
 	if (FERRY_UNLIKELY(rc))
 		return rc;
-	r->adv = adv;
+	*cs.adv = adv;
 	*p = r->data + off + REC_HDR;
 	*len = (size_t)n;
 	return 0;
 }
 
-static inline __attribute__((always_inline)) int peek_impl(ferry_ring_spsc *r, uint64_t want,
-							 const void **p, size_t *len)
+static inline __attribute__((always_inline)) int peek_impl(ferry_ring_spsc *r, struct cons cs,
+							 uint64_t want, const void **p, size_t *len)
 {
 	if (FERRY_LIKELY(r && p && len)) {
-		uint64_t cap = snapshot(r, want);
+		uint64_t cap = cs.view ? snapshot_view(r, want) : snapshot(r, want);
 		/* relaxed: CORRUPT is sticky and carries no data; head is ours */
 		if (FERRY_LIKELY(cap &&
 				 !(atomic_load_explicit(&r->closed, memory_order_relaxed) & CORRUPT))) {
 			uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
-			uint64_t tail = r->tail_cache;
+			uint64_t tail = *cs.tail_cache;
 			if (tail == head) {
 				/* acquire: pairs with the producer's release store of tail in commit() */
 				tail = atomic_load_explicit(&r->tail, memory_order_acquire);
 				if (FERRY_LIKELY(tail - head - 1 < cap && !((tail | head) & 7)))
-					r->tail_cache = tail;
+					*cs.tail_cache = tail;
 			}
 			uint64_t avail = tail - head, off = head & (cap - 1);
 			if (FERRY_LIKELY(avail - 1 < cap && !((tail | head) & 7))) {
@@ -540,7 +606,7 @@ static inline __attribute__((always_inline)) int peek_impl(ferry_ring_spsc *r, u
 				uint64_t n = (uint32_t)w, step = REC_HDR + align8(n);
 				if (FERRY_LIKELY((w >> 32) == KIND_DATA && n <= max_rec(cap) &&
 						 step <= avail && off + step <= cap)) {
-					r->adv = step;
+					*cs.adv = step;
 					*p = r->data + off + REC_HDR;
 					*len = (size_t)n;
 					return 0;
@@ -548,10 +614,11 @@ static inline __attribute__((always_inline)) int peek_impl(ferry_ring_spsc *r, u
 			}
 		}
 	}
-	return peek_slow(r, want, p, len);
+	return peek_slow(r, cs, want, p, len);
 }
 
-static int peek_batch_impl(ferry_ring_spsc *r, uint64_t want, struct ferry_ring_rec *out, size_t n)
+static int peek_batch_impl(ferry_ring_spsc *r, struct cons cs, uint64_t want,
+			   struct ferry_ring_rec *out, size_t n)
 {
 	static const char who[] = "ferry_ring_spsc_peek_batch";
 	if (FERRY_UNLIKELY(!r || (!out && n)))
@@ -564,7 +631,7 @@ static int peek_batch_impl(ferry_ring_spsc *r, uint64_t want, struct ferry_ring_
 	if (n > INT_MAX)
 		n = INT_MAX;
 	uint64_t head = 0, tail = 0, off = 0, len = 0, adv = 0, pos;
-	int rc = consumer_start(r, cap, &head, &tail, who);
+	int rc = consumer_start(r, cs, cap, &head, &tail, who);
 	if (rc)
 		return rc;
 	size_t i = 0;
@@ -576,37 +643,66 @@ static int peek_batch_impl(ferry_ring_spsc *r, uint64_t want, struct ferry_ring_
 		out[i].len = (size_t)len;
 		pos += adv;
 	}
-	r->adv = pos - head;
+	*cs.adv = pos - head;
 	return (int)i;
+}
+
+static inline __attribute__((always_inline)) void release_impl(ferry_ring_spsc *r, struct cons cs)
+{
+	uint64_t adv = *cs.adv;
+	if (!adv)
+		return;
+	/*
+	 * No header snapshot needed: head is only a position, never an address
+	 * here; a wrong one is caught by the next peek (tail - head <= capacity).
+	 */
+	if (FERRY_UNLIKELY(adv > FERRY_RING_SPSC_MAX_CAP || (adv & 7))) {
+		corrupt(r, "ferry_ring_spsc_release", "peeked record size");
+		return;
+	}
+	*cs.adv = 0;
+	/* relaxed: only this side writes head */
+	uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
+	/*
+	 * release: pairs with the producer's acquire load of head in reserve();
+	 * our reads of the record happen before the producer may reuse its bytes.
+	 */
+	atomic_store_explicit(&r->head, head + adv, memory_order_release);
 }
 
 FERRY_API int ferry_ring_spsc_reserve(ferry_ring_spsc *r, size_t len, void **p)
 {
-	return reserve_impl(r, 0, len, p);
+	return reserve_impl(r, r ? shared_prod(r) : (struct prod){ 0 }, 0, len, p);
 }
 
 FERRY_API int ferry_ring_spsc_commit(ferry_ring_spsc *r, size_t len)
 {
-	return commit_impl(r, 0, len);
+	return commit_impl(r, r ? shared_prod(r) : (struct prod){ 0 }, 0, len);
 }
 
 FERRY_API int ferry_ring_spsc_peek(ferry_ring_spsc *r, const void **p, size_t *len)
 {
-	return peek_impl(r, 0, p, len);
+	return peek_impl(r, r ? shared_cons(r) : (struct cons){ 0 }, 0, p, len);
 }
 
 FERRY_API int ferry_ring_spsc_push_batch(ferry_ring_spsc *r, const struct ferry_ring_rec *recs,
 					 size_t n)
 {
-	return push_batch_impl(r, 0, recs, n);
+	return push_batch_impl(r, r ? shared_prod(r) : (struct prod){ 0 }, 0, recs, n);
 }
 
 FERRY_API int ferry_ring_spsc_peek_batch(ferry_ring_spsc *r, struct ferry_ring_rec *out, size_t n)
 {
-	return peek_batch_impl(r, 0, out, n);
+	return peek_batch_impl(r, r ? shared_cons(r) : (struct cons){ 0 }, 0, out, n);
 }
 
-/* ---- views: the same calls against a capacity this side trusts ---- */
+FERRY_API void ferry_ring_spsc_release(ferry_ring_spsc *r)
+{
+	if (FERRY_LIKELY(r))
+		release_impl(r, shared_cons(r));
+}
+
+/* ---- views: the same calls against a capacity and a side state this side keeps ---- */
 
 /* A view never set up is the caller's mistake: report it, and leave the ring alone. */
 static int bad_view(const char *who)
@@ -624,79 +720,63 @@ FERRY_API int ferry_ring_spsc_view_init(struct ferry_ring_spsc_view *v, ferry_ri
 	int rc = check_impl(r, memsize, &cap, "ferry_ring_spsc_view_init");
 	if (rc)
 		return rc;
+	memset(v, 0, sizeof *v);
 	v->ring = r;
 	v->capacity = (size_t)cap;
+	/*
+	 * The caches start where the ring is now (check_impl validated both
+	 * indices): stale caches are only ever conservative, since head and
+	 * tail only move forward.
+	 */
+	/* acquire: as in check_impl; head alone gives a valid cache of both */
+	uint64_t head = atomic_load_explicit(&r->head, memory_order_acquire);
+	v->head_cache = head & ~(uint64_t)7;
+	v->tail_cache = head & ~(uint64_t)7;
 	return 0;
 }
 
-FERRY_API int ferry_ring_spsc_view_reserve(const struct ferry_ring_spsc_view *v, size_t len,
-					   void **p)
+FERRY_API int ferry_ring_spsc_view_reserve(struct ferry_ring_spsc_view *v, size_t len, void **p)
 {
 	if (!VIEW_OK(v))
 		return bad_view("ferry_ring_spsc_view_reserve");
-	return reserve_impl(v->ring, v->capacity, len, p);
+	return reserve_impl(v->ring, view_prod(v), v->capacity, len, p);
 }
 
-FERRY_API int ferry_ring_spsc_view_commit(const struct ferry_ring_spsc_view *v, size_t len)
+FERRY_API int ferry_ring_spsc_view_commit(struct ferry_ring_spsc_view *v, size_t len)
 {
 	if (!VIEW_OK(v))
 		return bad_view("ferry_ring_spsc_view_commit");
-	return commit_impl(v->ring, v->capacity, len);
+	return commit_impl(v->ring, view_prod(v), v->capacity, len);
 }
 
-FERRY_API int ferry_ring_spsc_view_peek(const struct ferry_ring_spsc_view *v, const void **p,
+FERRY_API int ferry_ring_spsc_view_peek(struct ferry_ring_spsc_view *v, const void **p,
 					size_t *len)
 {
 	if (!VIEW_OK(v))
 		return bad_view("ferry_ring_spsc_view_peek");
-	return peek_impl(v->ring, v->capacity, p, len);
+	return peek_impl(v->ring, view_cons(v), v->capacity, p, len);
 }
 
-FERRY_API void ferry_ring_spsc_view_release(const struct ferry_ring_spsc_view *v)
+FERRY_API void ferry_ring_spsc_view_release(struct ferry_ring_spsc_view *v)
 {
 	if (VIEW_OK(v))
-		ferry_ring_spsc_release(v->ring);
+		release_impl(v->ring, view_cons(v));
 }
 
-FERRY_API int ferry_ring_spsc_view_push_batch(const struct ferry_ring_spsc_view *v,
+FERRY_API int ferry_ring_spsc_view_push_batch(struct ferry_ring_spsc_view *v,
 					      const struct ferry_ring_rec *recs, size_t n)
 {
 	if (!VIEW_OK(v))
 		return bad_view("ferry_ring_spsc_view_push_batch");
-	return push_batch_impl(v->ring, v->capacity, recs, n);
+	return push_batch_impl(v->ring, view_prod(v), v->capacity, recs, n);
 }
 
-FERRY_API int ferry_ring_spsc_view_peek_batch(const struct ferry_ring_spsc_view *v,
+FERRY_API int ferry_ring_spsc_view_peek_batch(struct ferry_ring_spsc_view *v,
 					      struct ferry_ring_rec *out, size_t n)
 {
 	if (!VIEW_OK(v))
 		return bad_view("ferry_ring_spsc_view_peek_batch");
-	return peek_batch_impl(v->ring, v->capacity, out, n);
-}
-
-FERRY_API void ferry_ring_spsc_release(ferry_ring_spsc *r)
-{
-	if (FERRY_UNLIKELY(!r))
-		return;
-	uint64_t adv = r->adv;
-	if (!adv)
-		return;
-	/*
-	 * No header snapshot needed: head is only a position, never an address
-	 * here; a wrong one is caught by the next peek (tail - head <= capacity).
-	 */
-	if (FERRY_UNLIKELY(adv > FERRY_RING_SPSC_MAX_CAP || (adv & 7))) {
-		corrupt(r, "ferry_ring_spsc_release", "peeked record size");
-		return;
-	}
-	r->adv = 0;
-	/* relaxed: only this side writes head */
-	uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
-	/*
-	 * release: pairs with the producer's acquire load of head in reserve();
-	 * our reads of the record happen before the producer may reuse its bytes.
-	 */
-	atomic_store_explicit(&r->head, head + adv, memory_order_release);
+	return peek_batch_impl(v->ring, view_cons(v), v->capacity, out, n);
 }
 
 FERRY_API void ferry_ring_spsc_close(ferry_ring_spsc *r)

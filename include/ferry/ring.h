@@ -1,5 +1,6 @@
-/*
- * ferry/ring.h - lock-free rings placed in caller memory.
+/**
+ * @file
+ * @brief Lock-free rings placed in caller memory.
  *
  * Two rings, both laid out in memory the caller provides (size it with
  * _memsize(), lay it out once with _init(), validate someone else's with
@@ -31,14 +32,19 @@
  * move many records with one index publication.
  *
  * Layout: a header line (magic, version, capacity, mask: immutable after
- * init), the producer's line (tail, its cached head, its reservation), the
- * consumer's line (head, its cached tail, the size of what it peeked), a line
- * for the closed word, then the data. Invariants: head <= tail <= head +
+ * init), the producer's line (tail; then its cached head and its
+ * reservation, used by the plain calls only), the consumer's line (head;
+ * then its cached tail and the size of what it peeked, plain calls only), a
+ * line for the closed word, then the data. Invariants: head <= tail <= head +
  * capacity, as free-running 64-bit byte positions, both multiples of 8. The
  * producer alone writes tail (release, pairs with the consumer's acquire load
  * in peek) and the consumer alone writes head (release, pairs with the
- * producer's acquire load in reserve). Each side caches the other's index and
- * reloads it only when the cache says full or empty.
+ * producer's acquire load in reserve). The consumer caches tail and reloads
+ * it only when the cache says empty; the plain producer caches head likewise,
+ * a view's producer reloads (and validates) head at every reserve. A view
+ * keeps its side's state in the view, never in the shared header: what the
+ * peer writes there is never read, and a side that never scribbles a shared
+ * line saves a cache-line transfer per record (views are the faster path).
  *
  * Crash consistency (SPSC): a record becomes visible with the single store of
  * tail, after its bytes; a producer that dies before that store leaves
@@ -134,285 +140,320 @@ struct ferry_ec;
  * SPSC ring of variable-length records
  * ====================================================================== */
 
+/** An SPSC ring in caller memory (opaque layout; size it with
+ * ferry_ring_spsc_memsize). */
 typedef struct ferry_ring_spsc ferry_ring_spsc;
 
-/* Capacity bounds in bytes (a power of two in between). */
-#define FERRY_RING_SPSC_MIN_CAP 256u
-#define FERRY_RING_SPSC_MAX_CAP (1u << 30)
-/* Bytes of header before the data: memsize(cap) == FERRY_RING_SPSC_HDR_SIZE + cap. */
+/** Capacity bounds in bytes (a power of two in between). */
+#define FERRY_RING_SPSC_MIN_CAP 256u /**< smallest capacity in bytes */
+#define FERRY_RING_SPSC_MAX_CAP (1u << 30) /**< largest capacity in bytes */
+/** Bytes of header before the data: memsize(cap) == FERRY_RING_SPSC_HDR_SIZE + cap. */
 #define FERRY_RING_SPSC_HDR_SIZE 256u
 
-/*
- * ferry_ring_spsc_memsize - bytes of memory a ring with @capacity data bytes
- * needs (header included). Returns 0 if @capacity is not a power of two
+/**
+ * Bytes of memory a ring with @p capacity data bytes
+ * needs (header included). @return 0 if @p capacity is not a power of two
  * within [FERRY_RING_SPSC_MIN_CAP, FERRY_RING_SPSC_MAX_CAP].
  */
 FERRY_API size_t ferry_ring_spsc_memsize(size_t capacity);
 
-/*
- * ferry_ring_spsc_init - lay out an empty ring in @mem, which has @memsize
+/**
+ * Lay out an empty ring in @p mem, which has @p memsize
  * bytes (the capacity is the largest power of two that fits) and is 64-byte
- * aligned. Returns: 0, -EINVAL (NULL, misaligned, too small).
+ * aligned. @return 0, -EINVAL (NULL, misaligned, too small).
  */
 FERRY_API int ferry_ring_spsc_init(ferry_ring_spsc *r, size_t memsize);
 
-/*
- * ferry_ring_spsc_check - validate a ring someone else laid out in @memsize
- * bytes at @r (magic, version, capacity against @memsize, indices).
- * Returns: 0, -EPROTO (corrupt), FERRY_EVERSION (another layout version).
+/**
+ * Validate a ring someone else laid out in @p memsize
+ * bytes at @p r (magic, version, capacity against @p memsize, indices).
+ * @return 0, -EPROTO (corrupt), FERRY_EVERSION (another layout version).
  */
 FERRY_API int ferry_ring_spsc_check(const ferry_ring_spsc *r, size_t memsize);
 
-/* Data capacity in bytes, and the largest record that can ever fit. */
+/** Data capacity in bytes, and the largest record that can ever fit. */
 FERRY_API size_t ferry_ring_spsc_capacity(const ferry_ring_spsc *r);
+/** The largest record that can ever fit (a bit under half the capacity). */
 FERRY_API size_t ferry_ring_spsc_max_record(const ferry_ring_spsc *r);
 
-/*
- * ferry_ring_spsc_reserve - producer: room for a record of up to @len bytes
- * (0 allowed). *@p points to it until commit. At most one reservation at a
- * time. Returns: 0, -EAGAIN (full now), -EMSGSIZE (@len above max_record),
+/**
+ * Producer: room for a record of up to @p len bytes
+ * (0 allowed). *p points to it until commit. At most one reservation at a
+ * time. @return 0, -EAGAIN (full now), -EMSGSIZE (@p len above max_record),
  *   -EPIPE (closed), -EPROTO (corrupt), -EBUSY (already reserved).
  */
 FERRY_API int ferry_ring_spsc_reserve(ferry_ring_spsc *r, size_t len, void **p);
 
-/*
- * ferry_ring_spsc_commit - producer: publish the reserved record with its
- * final length @len (<= the reserved length). Returns 0, -EINVAL (no
- * reservation, @len too long).
+/**
+ * Producer: publish the reserved record with its
+ * final length @p len (<= the reserved length). @return 0, -EINVAL (no
+ * reservation, @p len too long).
  */
 FERRY_API int ferry_ring_spsc_commit(ferry_ring_spsc *r, size_t len);
 
-/*
- * ferry_ring_spsc_peek - consumer: the oldest record, in place, valid until
- * release. Returns: 0, -EAGAIN (empty), -EPIPE (empty and closed),
+/**
+ * Consumer: the oldest record, in place, valid until
+ * release. @return 0, -EAGAIN (empty), -EPIPE (empty and closed),
  *   -EPROTO (corrupt header or record: the ring is closed).
  */
 FERRY_API int ferry_ring_spsc_peek(ferry_ring_spsc *r, const void **p, size_t *len);
 
-/* ferry_ring_spsc_release - consumer: drop the record(s) peek or peek_batch returned. */
+/** Consumer: drop the record(s) peek or peek_batch returned. */
 FERRY_API void ferry_ring_spsc_release(ferry_ring_spsc *r);
 
-/* One record of a batch: @p and @len bytes. */
+/** One record of a batch: @p p and @p len bytes. */
 struct ferry_ring_rec {
-	const void *p;
-	size_t len;
+	const void *p; /**< the record's bytes */
+	size_t len;    /**< their length */
 };
 
-/*
- * ferry_ring_spsc_push_batch - producer: copy up to @n records (@recs[i].len
- * bytes from @recs[i].p each) into the ring, in order, and publish them all
+/**
+ * Producer: copy up to @p n records (@p recs[i].len
+ * bytes from @p recs[i].p each) into the ring, in order, and publish them all
  * with one store of tail. Stops at the first record that does not fit now
  * or is longer than max_record.
- * Ownership: the bytes are copied; @recs stays the caller's.
- * Returns: the number of records pushed (1..n, or 0 when @n is 0), -EAGAIN
+ * @par Ownership
+ *   the bytes are copied; @p recs stays the caller's.
+ * @return the number of records pushed (1..n, or 0 when @p n is 0), -EAGAIN
  *   (not even the first fits now), -EMSGSIZE (the first is above
  *   max_record), -EPIPE, -EPROTO, -EBUSY (a reservation is open), -EINVAL.
  */
 FERRY_API int ferry_ring_spsc_push_batch(ferry_ring_spsc *r, const struct ferry_ring_rec *recs,
 					 size_t n);
 
-/*
- * ferry_ring_spsc_peek_batch - consumer: up to @n of the oldest records, in
- * place, into @out[0..]. They stay valid until ferry_ring_spsc_release,
+/**
+ * Consumer: up to @p n of the oldest records, in
+ * place, into @p out[0..]. They stay valid until ferry_ring_spsc_release,
  * which drops them all with one store of head.
- * Returns: the number of records (1..n; 0 when @n is 0), -EAGAIN, -EPIPE,
+ * @return the number of records (1..n; 0 when @p n is 0), -EAGAIN, -EPIPE,
  *   -EPROTO, -EINVAL.
  */
 FERRY_API int ferry_ring_spsc_peek_batch(ferry_ring_spsc *r, struct ferry_ring_rec *out, size_t n);
 
-/*
+/**
  * A view of a ring from one side that does not trust the other: lives in
  * this side's private memory (never in the shared mapping) and pins the
  * capacity validated by ferry_ring_spsc_view_init. The _view_ calls behave as
  * the plain ones, plus -EPROTO when the ring's header no longer matches.
+ * A view also holds its side's own state (the producer's open reservation,
+ * the consumer's cached tail and the size of what it peeked), which the
+ * plain calls keep in the shared header, where the peer could rewrite it:
+ * reserve/commit and peek/release pairs must go through the same view.
  */
 struct ferry_ring_spsc_view {
-	ferry_ring_spsc *ring;
-	size_t capacity;
+	ferry_ring_spsc *ring; /**< the ring viewed */
+	size_t capacity;       /**< the capacity validated at init */
+	/** private per-side state; zeroed by ferry_ring_spsc_view_init */
+	uint64_t head_cache; /**< producer: its last view of head */
+	uint64_t resv;       /**< producer: reserved length + 1; 0 = none */
+	uint64_t tail_cache; /**< consumer: its last view of tail */
+	uint64_t adv;        /**< consumer: bytes release moves head by */
 };
 
-/*
- * ferry_ring_spsc_view_init - validate the ring at @r in @memsize bytes (as
- * ferry_ring_spsc_check) and set up @v on it. Returns 0, -EINVAL, -EPROTO,
+/**
+ * Validate the ring at @p r in @p memsize bytes (as
+ * ferry_ring_spsc_check) and set up @p v on it. @return 0, -EINVAL, -EPROTO,
  * FERRY_EVERSION.
  */
 FERRY_API int ferry_ring_spsc_view_init(struct ferry_ring_spsc_view *v, ferry_ring_spsc *r,
 					size_t memsize);
-FERRY_API int ferry_ring_spsc_view_reserve(const struct ferry_ring_spsc_view *v, size_t len,
+/** ferry_ring_spsc_reserve through a view (also -EPROTO on a changed header). */
+FERRY_API int ferry_ring_spsc_view_reserve(struct ferry_ring_spsc_view *v, size_t len,
 					   void **p);
-FERRY_API int ferry_ring_spsc_view_commit(const struct ferry_ring_spsc_view *v, size_t len);
-FERRY_API int ferry_ring_spsc_view_peek(const struct ferry_ring_spsc_view *v, const void **p,
+/** ferry_ring_spsc_commit through a view. */
+FERRY_API int ferry_ring_spsc_view_commit(struct ferry_ring_spsc_view *v, size_t len);
+/** ferry_ring_spsc_peek through a view (also -EPROTO on a changed header). */
+FERRY_API int ferry_ring_spsc_view_peek(struct ferry_ring_spsc_view *v, const void **p,
 					size_t *len);
-FERRY_API void ferry_ring_spsc_view_release(const struct ferry_ring_spsc_view *v);
-FERRY_API int ferry_ring_spsc_view_push_batch(const struct ferry_ring_spsc_view *v,
+/** ferry_ring_spsc_release through a view. */
+FERRY_API void ferry_ring_spsc_view_release(struct ferry_ring_spsc_view *v);
+/** ferry_ring_spsc_push_batch through a view. */
+FERRY_API int ferry_ring_spsc_view_push_batch(struct ferry_ring_spsc_view *v,
 					      const struct ferry_ring_rec *recs, size_t n);
-FERRY_API int ferry_ring_spsc_view_peek_batch(const struct ferry_ring_spsc_view *v,
+/** ferry_ring_spsc_peek_batch through a view. */
+FERRY_API int ferry_ring_spsc_view_peek_batch(struct ferry_ring_spsc_view *v,
 					      struct ferry_ring_rec *out, size_t n);
 
-/*
- * ferry_ring_spsc_close - either side: no more records. Records already
+/**
+ * Either side: no more records. Records already
  * committed are still delivered; then peek reports -EPIPE. Reserve reports
  * -EPIPE at once. Idempotent.
  */
 FERRY_API void ferry_ring_spsc_close(ferry_ring_spsc *r);
+/** 1 if the ring was closed (or marked corrupt), else 0; 1 for NULL. A snapshot. */
 FERRY_API int ferry_ring_spsc_is_closed(const ferry_ring_spsc *r);
 
-/* Bytes committed and not yet released (a snapshot). */
+/** Bytes committed and not yet released (a snapshot). */
 FERRY_API size_t ferry_ring_spsc_used(const ferry_ring_spsc *r);
 
 /* ======================================================================
  * MPMC ring of fixed-size slots
  * ====================================================================== */
 
+/** An MPMC ring in caller memory (opaque layout; size it with
+ * ferry_ring_mpmc_memsize). */
 typedef struct ferry_ring_mpmc ferry_ring_mpmc;
 
-/* Slot count bounds (a power of two in between) and element size bounds. */
-#define FERRY_RING_MPMC_MIN_SLOTS 2u
-#define FERRY_RING_MPMC_MAX_SLOTS (1u << 24)
-#define FERRY_RING_MPMC_MAX_ELEM 65536u
-/* Bytes of header before the slots. */
+/** Slot count bounds (a power of two in between) and element size bounds. */
+#define FERRY_RING_MPMC_MIN_SLOTS 2u /**< fewest slots */
+#define FERRY_RING_MPMC_MAX_SLOTS (1u << 24) /**< most slots */
+#define FERRY_RING_MPMC_MAX_ELEM 65536u /**< largest element size in bytes */
+/** Bytes of header before the slots. */
 #define FERRY_RING_MPMC_HDR_SIZE 256u
 
-/*
- * ferry_ring_mpmc_memsize - bytes a ring of @slots elements of @elem_size
- * bytes needs. Returns 0 if @slots is not a power of two within
- * [FERRY_RING_MPMC_MIN_SLOTS, FERRY_RING_MPMC_MAX_SLOTS] or @elem_size is
+/**
+ * Bytes a ring of @p slots elements of @p elem_size
+ * bytes needs. @return 0 if @p slots is not a power of two within
+ * [FERRY_RING_MPMC_MIN_SLOTS, FERRY_RING_MPMC_MAX_SLOTS] or @p elem_size is
  * not within [1, FERRY_RING_MPMC_MAX_ELEM].
  */
 FERRY_API size_t ferry_ring_mpmc_memsize(size_t slots, size_t elem_size);
 
-/*
- * ferry_ring_mpmc_init - lay out an empty ring of @elem_size-byte elements in
- * @r, which has @memsize bytes and is 64-byte aligned; the slot count is the
- * largest power of two that fits. Returns: 0, -EINVAL (NULL, misaligned,
- * @elem_size out of range, @memsize too small for two slots).
+/**
+ * Lay out an empty ring of @p elem_size-byte elements in
+ * @p r, which has @p memsize bytes and is 64-byte aligned; the slot count is the
+ * largest power of two that fits. @return 0, -EINVAL (NULL, misaligned,
+ * @p elem_size out of range, @p memsize too small for two slots).
  */
 FERRY_API int ferry_ring_mpmc_init(ferry_ring_mpmc *r, size_t memsize, size_t elem_size);
 
-/*
- * ferry_ring_mpmc_check - validate a ring someone else laid out in @memsize
- * bytes at @r for elements of @elem_size bytes (magic, version, geometry
- * against @memsize and @elem_size, counters, every slot word). Meant for a
+/**
+ * Validate a ring someone else laid out in @p memsize
+ * bytes at @p r for elements of @p elem_size bytes (magic, version, geometry
+ * against @p memsize and @p elem_size, counters, every slot word). Meant for a
  * ring at rest (when it is imported); on a live ring the counters are read
  * one after the other.
- * Returns: 0, -EPROTO, FERRY_EVERSION, -EINVAL (NULL, misaligned).
+ * @return 0, -EPROTO, FERRY_EVERSION, -EINVAL (NULL, misaligned).
  */
 FERRY_API int ferry_ring_mpmc_check(const ferry_ring_mpmc *r, size_t memsize, size_t elem_size);
 
-/* Slot count and element size (0 when the header is corrupt). */
+/** Slot count and element size (0 when the header is corrupt). */
 FERRY_API size_t ferry_ring_mpmc_capacity(const ferry_ring_mpmc *r);
+/** Element size in bytes (0 when the header is corrupt). */
 FERRY_API size_t ferry_ring_mpmc_elem_size(const ferry_ring_mpmc *r);
 
-/*
- * ferry_ring_mpmc_push - any producer: copy one element of @size bytes
- * (@size must be the ring's element size) from @elem.
- * Returns: 0, -EAGAIN (full now), -EPIPE (closed), -EPROTO (corrupt: the
- *   ring is closed), -EINVAL (NULL, @size wrong).
+/**
+ * Any producer: copy one element of @p size bytes
+ * (@p size must be the ring's element size) from @p elem.
+ * @return 0, -EAGAIN (full now), -EPIPE (closed), -EPROTO (corrupt: the
+ *   ring is closed), -EINVAL (NULL, @p size wrong).
  */
 FERRY_API int ferry_ring_mpmc_push(ferry_ring_mpmc *r, const void *elem, size_t size);
 
-/*
- * ferry_ring_mpmc_pop - any consumer: copy the oldest element into @elem
- * (@size bytes, the ring's element size).
- * Returns: 0, -EAGAIN (empty now), -EPIPE (empty and closed), -EPROTO,
+/**
+ * Any consumer: copy the oldest element into @p elem
+ * (@p size bytes, the ring's element size).
+ * @return 0, -EAGAIN (empty now), -EPIPE (empty and closed), -EPROTO,
  *   -EINVAL.
  */
 FERRY_API int ferry_ring_mpmc_pop(ferry_ring_mpmc *r, void *elem, size_t size);
 
-/*
- * ferry_ring_mpmc_push_batch / _pop_batch - up to @n elements of @size bytes
- * each, contiguous at @elems, in order: consecutive positions of the ring
+/**
+ * ferry_ring_mpmc_push_batch / _pop_batch - up to @p n elements of @p size bytes
+ * each, contiguous at @p elems, in order: consecutive positions of the ring
  * (no other producer's element falls between two of one batch), claimed
  * slot by slot and counted with one CAS of the shared counter when nobody
- * interferes. Return the number moved (1..n; 0 when @n is 0) or the error
+ * interferes. Return the number moved (1..n; 0 when @p n is 0) or the error
  * the single form would give for the first element.
  */
 FERRY_API int ferry_ring_mpmc_push_batch(ferry_ring_mpmc *r, const void *elems, size_t size,
 					 size_t n);
+/** The batch form of ferry_ring_mpmc_pop (see ferry_ring_mpmc_push_batch). */
 FERRY_API int ferry_ring_mpmc_pop_batch(ferry_ring_mpmc *r, void *elems, size_t size, size_t n);
 
-/* A view of an MPMC ring from a side that does not trust the others (see above). */
+/** A view of an MPMC ring from a side that does not trust the others (see above). */
 struct ferry_ring_mpmc_view {
-	ferry_ring_mpmc *ring;
-	size_t slots;
-	size_t elem_size;
+	ferry_ring_mpmc *ring; /**< the ring viewed */
+	size_t slots;          /**< the slot count validated at init */
+	size_t elem_size;      /**< the element size validated at init */
 };
 
-/* ferry_ring_mpmc_view_init - ferry_ring_mpmc_check, then pin slots and element size in @v. */
+/** Ferry_ring_mpmc_check, then pin slots and element size in @p v. */
 FERRY_API int ferry_ring_mpmc_view_init(struct ferry_ring_mpmc_view *v, ferry_ring_mpmc *r,
 					size_t memsize, size_t elem_size);
+/** ferry_ring_mpmc_push through a view (also -EPROTO on a changed header). */
 FERRY_API int ferry_ring_mpmc_view_push(const struct ferry_ring_mpmc_view *v, const void *elem,
 					size_t size);
+/** ferry_ring_mpmc_pop through a view (also -EPROTO on a changed header). */
 FERRY_API int ferry_ring_mpmc_view_pop(const struct ferry_ring_mpmc_view *v, void *elem,
 				       size_t size);
+/** ferry_ring_mpmc_push_batch through a view. */
 FERRY_API int ferry_ring_mpmc_view_push_batch(const struct ferry_ring_mpmc_view *v,
 					      const void *elems, size_t size, size_t n);
+/** ferry_ring_mpmc_pop_batch through a view. */
 FERRY_API int ferry_ring_mpmc_view_pop_batch(const struct ferry_ring_mpmc_view *v, void *elems,
 					     size_t size, size_t n);
 
-/*
- * ferry_ring_mpmc_close - anyone: no more pushes (-EPIPE at once); elements
+/**
+ * Anyone: no more pushes (-EPIPE at once); elements
  * pushed before are still popped, then pop reports -EPIPE. Idempotent.
  */
 FERRY_API void ferry_ring_mpmc_close(ferry_ring_mpmc *r);
+/** 1 if the ring was closed (or marked corrupt), else 0. A snapshot. */
 FERRY_API int ferry_ring_mpmc_is_closed(const ferry_ring_mpmc *r);
 
-/* Elements pushed and not yet popped (a snapshot). */
+/** Elements pushed and not yet popped (a snapshot). */
 FERRY_API size_t ferry_ring_mpmc_used(const ferry_ring_mpmc *r);
 
-/* Slots taken back from processes that died in a push or pop. */
+/** Slots taken back from processes that died in a push or pop. */
 FERRY_API uint64_t ferry_ring_mpmc_recovered(const ferry_ring_mpmc *r);
 
 /* ======================================================================
  * Waiting (shm/ring_wait.c): a thin layer over the eventcount
  * ====================================================================== */
 
-/* How a _wait call waits while the ring is full or empty. */
+/** How a _wait call waits while the ring is full or empty. */
 enum ferry_ring_strategy {
-	FERRY_RING_ADAPTIVE = 0, /* spin a little, then yield, then sleep (default) */
-	FERRY_RING_SPIN = 1,     /* busy-poll (with pause); never sleeps */
-	FERRY_RING_SLEEP = 2,    /* sleep on the eventcount at once */
+	FERRY_RING_ADAPTIVE = 0, /**< spin a little, then yield, then sleep (default) */
+	FERRY_RING_SPIN = 1,     /**< busy-poll (with pause); never sleeps */
+	FERRY_RING_SLEEP = 2,    /**< sleep on the eventcount at once */
 };
 
-/*
+/**
  * What a _wait call waits with. Zero-initialised fields mean defaults (NULL
  * for the whole struct too: adaptive, and no sleeping without eventcounts).
  * The eventcounts live where both sides see them (in shared memory beside the
- * ring, for processes): @not_empty is where consumers sleep and producers
- * notify, @not_full the other way. A NULL eventcount makes the side that
+ * ring, for processes): @p not_empty is where consumers sleep and producers
+ * notify, @p not_full the other way. A NULL eventcount makes the side that
  * would sleep on it yield-poll instead.
  */
 struct ferry_ring_wait {
-	struct ferry_ec *not_empty;
-	struct ferry_ec *not_full;
-	enum ferry_ring_strategy strategy;
-	uint32_t spin;  /* polls before yielding (0: 2000) */
-	uint32_t yield; /* sched_yield polls before sleeping (0: 20) */
+	struct ferry_ec *not_empty;        /**< consumers sleep here, producers notify */
+	struct ferry_ec *not_full;         /**< producers sleep here, consumers notify */
+	enum ferry_ring_strategy strategy; /**< how to wait; 0 = adaptive */
+	uint32_t spin;  /**< polls before yielding (0: 2000) */
+	uint32_t yield; /**< sched_yield polls before sleeping (0: 20) */
 };
 
-/*
- * The _wait forms wait up to @timeout_ns (0: try once; FERRY_FOREVER: no
+/**
+ * The _wait forms wait up to @p timeout_ns (0: try once; FERRY_FOREVER: no
  * limit) while the ring is full (producers) or empty (consumers), and after
  * success notify the other side's eventcount (a fence and a load when nobody
  * sleeps). Returns: as the try form, except -ETIMEDOUT when the time ran out
- * (a zero @timeout_ns gives the try form's -EAGAIN). ferry_ring_spsc_commit_wait
+ * (a zero @p timeout_ns gives the try form's -EAGAIN). ferry_ring_spsc_commit_wait
  * and _release_wait are commit and release plus the notify. A sleeper wakes
  * on close when the closer calls ferry_ring_wait_close.
- * Threads: as the try forms.
+ * @par Threads
+ *   as the try forms.
  */
 FERRY_API int ferry_ring_spsc_reserve_wait(ferry_ring_spsc *r, size_t len, void **p,
 					   const struct ferry_ring_wait *w, int64_t timeout_ns);
+/** ferry_ring_spsc_commit, then notify the consumers (see above). */
 FERRY_API int ferry_ring_spsc_commit_wait(ferry_ring_spsc *r, size_t len,
 					  const struct ferry_ring_wait *w);
+/** ferry_ring_spsc_peek, waiting up to @p timeout_ns while empty (see above). */
 FERRY_API int ferry_ring_spsc_peek_wait(ferry_ring_spsc *r, const void **p, size_t *len,
 					const struct ferry_ring_wait *w, int64_t timeout_ns);
+/** ferry_ring_spsc_release, then notify the producer (see above). */
 FERRY_API void ferry_ring_spsc_release_wait(ferry_ring_spsc *r, const struct ferry_ring_wait *w);
+/** ferry_ring_mpmc_push, waiting up to @p timeout_ns while full (see above). */
 FERRY_API int ferry_ring_mpmc_push_wait(ferry_ring_mpmc *r, const void *elem, size_t size,
 					const struct ferry_ring_wait *w, int64_t timeout_ns);
+/** ferry_ring_mpmc_pop, waiting up to @p timeout_ns while empty (see above). */
 FERRY_API int ferry_ring_mpmc_pop_wait(ferry_ring_mpmc *r, void *elem, size_t size,
 				       const struct ferry_ring_wait *w, int64_t timeout_ns);
 
-/* ferry_ring_wait_close - wake every sleeper of @w (call after a close). */
+/** Wake every sleeper of @p w (call after a close). */
 FERRY_API void ferry_ring_wait_close(const struct ferry_ring_wait *w);
 
 #ifdef __cplusplus

@@ -1203,11 +1203,55 @@ Test(ring_spsc, a_view_catches_a_capacity_grown_under_it)
 
 	/* a view never set up is refused, and the ring is left alone */
 	r = mk(1024, &n);
-	struct ferry_ring_spsc_view z = { r, 0 };
+	struct ferry_ring_spsc_view z = { .ring = r, .capacity = 0 };
 	cr_expect_eq(ferry_ring_spsc_view_peek(&z, &p, &len), -EINVAL);
 	cr_expect(strstr(ferry_errmsg(), "view_init"), "%s", ferry_errmsg());
 	cr_expect_eq(ferry_ring_spsc_view_reserve(&z, 1, &w), -EINVAL);
 	cr_expect_eq(ferry_ring_spsc_view_peek(NULL, &p, &len), -EINVAL);
 	cr_expect_not(ferry_ring_spsc_is_closed(r));
+	free(r);
+}
+
+/*
+ * A view keeps its side's own state (reservation, cached indices, peeked
+ * size) privately: a peer that scribbles the shared copies the plain calls
+ * use changes nothing for it, and a head the peer rewrites is caught at the
+ * view's next reserve, not only when the ring next looks full.
+ */
+Test(ring_spsc, a_view_ignores_the_shared_per_side_words)
+{
+	size_t n;
+	ferry_ring_spsc *r = mk(1024, &n);
+	struct ferry_ring_spsc_view pv, cv;
+	cr_assert_eq(ferry_ring_spsc_view_init(&pv, r, n), 0, "%s", ferry_errmsg());
+	cr_assert_eq(ferry_ring_spsc_view_init(&cv, r, n), 0, "%s", ferry_errmsg());
+	void *w;
+	const void *p;
+	size_t len;
+	for (int round = 0; round < 40; round++) {
+		/* the peer's garbage in every per-side word of the shared header */
+		*w64(r, OFF_RESV) = 5 + (uint64_t)round;
+		*w64(r, OFF_HEAD_CACHE) = 0xfffffffffffffff8ull;
+		*w64(r, OFF_TAIL_CACHE) = 0x123456789abcdef0ull;
+		*w64(r, OFF_ADV) = 24;
+		cr_assert_eq(ferry_ring_spsc_view_reserve(&pv, 40, &w), 0, "round %d: %s", round,
+			     ferry_errmsg());
+		memset(w, round, 40);
+		*w64(r, OFF_RESV) = 0;
+		cr_assert_eq(ferry_ring_spsc_view_commit(&pv, 40), 0, "round %d: %s", round,
+			     ferry_errmsg());
+		cr_assert_eq(ferry_ring_spsc_view_peek(&cv, &p, &len), 0, "round %d: %s", round,
+			     ferry_errmsg());
+		cr_expect_eq(len, 40);
+		cr_expect_eq(((const unsigned char *)p)[39], (unsigned char)round);
+		*w64(r, OFF_ADV) = 0;
+		ferry_ring_spsc_view_release(&cv);
+		cr_expect_eq(ferry_ring_spsc_used(r), 0, "round %d", round);
+	}
+	cr_expect_not(ferry_ring_spsc_is_closed(r));
+	/* the peer moves head past tail: the producer's next reserve sees it */
+	*w64(r, OFF_HEAD) = *w64(r, OFF_TAIL) + 64;
+	cr_expect_eq(ferry_ring_spsc_view_reserve(&pv, 8, &w), -EPROTO);
+	cr_expect(ferry_ring_spsc_is_closed(r));
 	free(r);
 }
