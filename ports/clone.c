@@ -591,11 +591,6 @@ static int dec_string(struct dec *d, const uint8_t *at, unsigned kind, uint64_t 
 			   kind == FERRY_VALUE_STR ? "text" : "byte", (unsigned long long)len,
 			   left(d));
 	const uint8_t *src = d->p;
-	if (kind == FERRY_VALUE_STR) {
-		size_t b = ferry__utf8_check(src, len);
-		if (FERRY_UNLIKELY(b != len))
-			return bad(d, at, "text string is not valid UTF-8 (byte %zu of it)", b);
-	}
 	/* A long string gets its own chunk; the node stays in the bump area. */
 	ferry_value *v;
 	char *p;
@@ -614,6 +609,13 @@ static int dec_string(struct dec *d, const uint8_t *at, unsigned kind, uint64_t 
 	v->typed = (uint8_t)typed;
 	memcpy(p, src, len);
 	fv_pad(p, len);
+	if (kind == FERRY_VALUE_STR) {
+		/* Checked in the private copy, never in @src: the peer may rewrite
+		 * shared memory between a check there and the copy. */
+		size_t b = ferry__utf8_check((const uint8_t *)p, len);
+		if (FERRY_UNLIKELY(b != len))
+			return bad(d, at, "text string is not valid UTF-8 (byte %zu of it)", b);
+	}
 	v->u.s.p = p;
 	v->u.s.len = len;
 	d->p = src + len;
@@ -777,7 +779,7 @@ static inline __attribute__((always_inline)) int dec_item(struct dec *d, unsigne
 		} else {
 			break;
 		}
-		if (FERRY_UNLIKELY(len > room - hn) || !fv_utf8_ok(p + hn, len))
+		if (FERRY_UNLIKELY(len > room - hn))
 			break;
 		v = new_node(d, FERRY_VALUE_STR, len + 1);
 		if (FERRY_UNLIKELY(!v))
@@ -785,6 +787,10 @@ static inline __attribute__((always_inline)) int dec_item(struct dec *d, unsigne
 		char *s = (char *)(v + 1);
 		memcpy(s, p + hn, len);
 		fv_pad(s, len);
+		/* Validate the private copy (the source may be shared memory a
+		 * peer rewrites); dec_slow says what is wrong. */
+		if (FERRY_UNLIKELY(!fv_utf8_ok((const uint8_t *)s, len)))
+			break;
 		v->u.s.p = s;
 		v->u.s.len = len;
 		d->p = p + hn + len;
@@ -933,7 +939,7 @@ static int dec_map(struct dec *d, const uint8_t *at, uint64_t n, unsigned depth,
 			uint8_t ib;
 			uint64_t kl;
 			if (read_head(d, &ib, &kl) || (ib >> 5) != MAJ_TEXT || (ib & 31) == 31 ||
-			    kl > left(d) || !fv_utf8_ok(d->p, kl)) {
+			    kl > left(d)) {
 				d->p = p;
 				return bad_key(d);
 			}
@@ -945,6 +951,11 @@ static int dec_map(struct dec *d, const uint8_t *at, uint64_t n, unsigned depth,
 				return oom();
 			memcpy(k, key, klen);
 			fv_pad(k, klen);
+			/* Checked in the private copy, as in dec_string. */
+			if (!fv_utf8_ok((const uint8_t *)k, klen)) {
+				size_t b = ferry__utf8_check((const uint8_t *)k, klen);
+				return bad(d, p, "map key is not valid UTF-8 (byte %zu of it)", b);
+			}
 			if (idx)
 				hash = fv_hash(k, klen);
 		}

@@ -16,7 +16,10 @@
  * headed by { seq, index }. They are sent before the record is committed, so
  * a receiver that sees the record finds them already queued. A batch whose
  * seq is older than the record's belongs to a post that failed halfway and
- * is dropped (its fds closed).
+ * is dropped (its fds closed); one of a newer seq is left queued for its
+ * own record (recv_fds). A post that fails after sending batches commits a
+ * WIRE_VOID record whose payload is that seq, so the receiver knows them
+ * stale (ports/port.c ferry__port_drain_wakes).
  *
  * Post is all or nothing: everything that can fail (checks, encoding,
  * segments, ring space, fd sends) happens before the commit; handles are
@@ -59,12 +62,6 @@ struct handle_desc {
 	uint32_t pad;
 	uint64_t len; /* buffer bytes; the side for a port */
 	uint64_t off; /* H_BUF_INLINE: offset of the bytes in the body */
-};
-
-struct fd_batch {
-	uint64_t seq;
-	uint32_t index;
-	uint32_t count;
 };
 
 #define MAX_FDS (2 * FERRY_MSG_MAX_HANDLES + 1)
@@ -175,8 +172,9 @@ static int in_table(const struct ferry_clone_handles *t, const void *h)
 }
 
 /* Encode @v into the port's scratch buffer (one sender per port at a time).
- * The buffer grows to the largest clone seen and stays, warm: fresh memory
- * for every large message costs page faults that dwarf the copy. */
+ * A clone too big for the scratch is only measured here (cbor_data stays
+ * NULL, the handle table is complete): encode_into writes it later where it
+ * goes, straight into a spill segment for a big message (one copy). */
 static int encode(ferry_port *p, const ferry_value *v, struct plan *pl)
 {
 	if (!p->scratch) {
@@ -187,19 +185,47 @@ static int encode(ferry_port *p, const ferry_value *v, struct plan *pl)
 	}
 	size_t len;
 	int rc = ferry_clone_encode(v, p->scratch, p->scratch_cap, &len, &pl->table, NULL);
-	if (rc == -ENOBUFS) {
-		unsigned char *n = realloc(p->scratch, len);
-		if (!n)
-			return ferry__fail(-ENOMEM, "ferry_port_post: out of memory for a %zu-byte clone", len);
-		p->scratch = n;
-		p->scratch_cap = len;
-		rc = ferry_clone_encode(v, p->scratch, p->scratch_cap, &len, &pl->table, NULL);
-	}
+	if (rc == -ENOBUFS)
+		rc = 0;
+	else if (rc == 0)
+		pl->cbor_data = p->scratch;
 	if (rc)
 		return rc;
-	pl->cbor_data = p->scratch;
 	pl->cbor_len = len;
 	return 0;
+}
+
+/* The second pass of a clone that did not fit the scratch: @v again, into
+ * @dst of exactly pl->cbor_len bytes (the same value gives the same bytes
+ * and the same handle order). */
+static int encode_into(const ferry_value *v, struct plan *pl, unsigned char *dst)
+{
+	struct ferry_clone_handles t;
+	ferry_clone_handles_init(&t);
+	size_t len;
+	int rc = ferry_clone_encode(v, dst, pl->cbor_len, &len, &t, NULL);
+	ferry_clone_handles_fini(&t);
+	if (rc == 0 && len != pl->cbor_len)
+		rc = ferry__fail(-EINVAL, "ferry_port_post: the value changed while it was encoded");
+	return rc;
+}
+
+/* A clone bigger than the scratch that stays in the ring: grow the scratch
+ * (it stays, warm) and encode there. */
+static int encode_scratch(ferry_port *p, const ferry_value *v, struct plan *pl)
+{
+	if (p->scratch_cap < pl->cbor_len) {
+		unsigned char *n = realloc(p->scratch, pl->cbor_len);
+		if (!n)
+			return ferry__fail(-ENOMEM, "ferry_port_post: out of memory for a %zu-byte clone",
+					   pl->cbor_len);
+		p->scratch = n;
+		p->scratch_cap = pl->cbor_len;
+	}
+	int rc = encode_into(v, pl, p->scratch);
+	if (rc == 0)
+		pl->cbor_data = p->scratch;
+	return rc;
 }
 
 static int plan_handles(const struct ferry_xfer *x, struct plan *pl)
@@ -239,8 +265,10 @@ static int plan_handles(const struct ferry_xfer *x, struct plan *pl)
 		return ferry__fail(-EINVAL, "ferry_port_post: %zu handles in one message (most %d)",
 				   t->count, FERRY_MSG_MAX_HANDLES);
 	size_t n = t->count;
-	pl->descs = calloc(n ? n : 1, sizeof *pl->descs);
-	pl->transferred = calloc(n ? n : 1, 1);
+	if (n == 0)
+		return 0; /* the common case: no tables to make */
+	pl->descs = calloc(n, sizeof *pl->descs);
+	pl->transferred = calloc(n, 1);
 	if (!pl->descs || !pl->transferred)
 		return ferry__fail(-ENOMEM, "ferry_port_post: out of memory");
 
@@ -281,10 +309,12 @@ static int plan_handles(const struct ferry_xfer *x, struct plan *pl)
 	return 0;
 }
 
-/* The body: the CBOR, then the inline bytes. */
+/* The body: the CBOR (unless encoded in place: @cbor NULL), then the inline
+ * bytes. */
 static void write_body(unsigned char *dst, const struct plan *pl, const unsigned char *cbor)
 {
-	memcpy(dst, cbor, pl->cbor_len);
+	if (cbor)
+		memcpy(dst, cbor, pl->cbor_len);
 	for (size_t i = 0; i < pl->table.count; i++)
 		if (pl->descs[i].type == H_BUF_INLINE && pl->descs[i].len)
 			memcpy(dst + pl->descs[i].off, ferry_buf_data(pl->table.items[i].handle),
@@ -460,7 +490,13 @@ FERRY_API int ferry_port_post(ferry_port *p, const ferry_value *v, const struct 
 
 	int64_t deadline = timeout_ns > 0 ? ferry__now_ns() + timeout_ns : 0;
 	struct plan pl;
-	memset(&pl, 0, sizeof pl);
+	/* Not the whole struct: fds[] (8 KiB) is used only up to nfds. */
+	memset(&pl, 0, offsetof(struct plan, fds));
+	pl.nfds = 0;
+	pl.inline_len = 0;
+	pl.cbor_data = NULL;
+	pl.cbor_len = 0;
+	pl.spill = NULL;
 	ferry_clone_handles_init(&pl.table);
 	rc = encode(p, v, &pl);
 	if (rc == 0)
@@ -469,7 +505,6 @@ FERRY_API int ferry_port_post(ferry_port *p, const ferry_value *v, const struct 
 		plan_fini(&pl);
 		return rc;
 	}
-	const unsigned char *cbor = pl.cbor_data;
 	size_t nh = pl.table.count;
 	size_t body_len = pl.cbor_len + pl.inline_len;
 	if (body_len > p->max_message) {
@@ -491,11 +526,21 @@ FERRY_API int ferry_port_post(ferry_port *p, const ferry_value *v, const struct 
 			plan_fini(&pl);
 			return rc;
 		}
-		write_body((unsigned char *)ferry_seg_data(pl.spill) + SPILL_HDR, &pl, cbor);
+		unsigned char *dst = (unsigned char *)ferry_seg_data(pl.spill) + SPILL_HDR;
+		if (!pl.cbor_data && (rc = encode_into(v, &pl, dst)) != 0) {
+			spill_put_back(pl.spill);
+			plan_fini(&pl);
+			return rc;
+		}
+		write_body(dst, &pl, pl.cbor_data);
 		pl.fds[pl.nfds++] = ferry_seg_fd(pl.spill);
 		rec_len = head;
 		spilled = 1;
+	} else if (!pl.cbor_data && (rc = encode_scratch(p, v, &pl)) != 0) {
+		plan_fini(&pl);
+		return rc;
 	}
+	const unsigned char *cbor = pl.cbor_data;
 
 	struct reserve_arg ra = { .len = rec_len };
 	rc = ferry__port_wait(p, &p->txd->space_ec, try_reserve_rec, &ra, timeout_ns);
@@ -531,10 +576,14 @@ FERRY_API int ferry_port_post(ferry_port *p, const ferry_value *v, const struct 
 		}
 		rc = send_fds(p, ch.fd_seq, pl.fds, pl.nfds, left);
 		if (rc) {
+			/* The void record names the abandoned sequence: the receiver
+			 * then knows any batch of it left queued is stale. */
 			struct wire_hdr vh = { .kind = WIRE_VOID };
 			memcpy(w, &vh, sizeof vh);
-			ferry_ring_spsc_view_commit(&p->txv, sizeof vh);
+			memcpy(w + sizeof vh, &ch.fd_seq, sizeof ch.fd_seq);
+			ferry_ring_spsc_view_commit(&p->txv, sizeof vh + sizeof ch.fd_seq);
 			ferry_ec_notify(&p->txd->data_ec);
+			ferry__port_wake_fd(p);
 			spill_put_back(pl.spill);
 			plan_fini(&pl);
 			return ferry__fail(rc, "ferry_port_post: passing %u fds failed: %s", ch.nfds,
@@ -544,7 +593,8 @@ FERRY_API int ferry_port_post(ferry_port *p, const ferry_value *v, const struct 
 	struct wire_hdr wh = { .kind = WIRE_CLONE };
 	memcpy(w, &wh, sizeof wh);
 	memcpy(w + sizeof wh, &ch, sizeof ch);
-	memcpy(w + sizeof wh + sizeof ch, pl.descs, nh * sizeof(struct handle_desc));
+	if (nh)
+		memcpy(w + sizeof wh + sizeof ch, pl.descs, nh * sizeof(struct handle_desc));
 	if (!spilled)
 		write_body(w + head, &pl, cbor);
 	ferry_ring_spsc_view_commit(&p->txv, rec_len);
@@ -575,42 +625,62 @@ static void close_fds(int *fds, unsigned n)
 		}
 }
 
-/* Collect the @n fds of the record with sequence @seq from the control
- * socket; they were queued before the record was committed. */
+/*
+ * Collect the @n fds of the record with sequence @seq from the control
+ * socket; they were queued before the record was committed. Each batch is
+ * looked at (MSG_PEEK) before it is taken: wakes, junk and stale or
+ * impossible batches are dropped; a batch of a newer sequence is left
+ * queued for its own record, so a record that lies about its fds fails
+ * alone. On failure every fd taken so far is closed.
+ */
 static int recv_fds(ferry_port *p, uint64_t seq, int *fds, unsigned n)
 {
-	unsigned got = 0, index = 0;
-	ferry__port_drain_wakes(p);
+	unsigned got = 0, index = 0, dropped = 0;
+	int rc = 0;
 	while (got < n) {
 		struct fd_batch bh;
+		enum ctl_head h = ferry__port_ctl_peek(p, &bh);
+		if (h == CTL_WAKE || h == CTL_JUNK ||
+		    (h == CTL_BATCH && bh.seq != seq &&
+		     (bh.seq < seq || ferry__port_batch_stale(p, bh.seq)))) {
+			if (++dropped > FERRY_CTL_DROP_MAX) {
+				rc = ferry__fail(-EBADMSG, "ferry_port_recv: more than %d stray packets on the control socket",
+						 FERRY_CTL_DROP_MAX);
+				break;
+			}
+			ferry__port_ctl_drop(p);
+			continue;
+		}
+		if (h != CTL_BATCH || bh.seq != seq) {
+			/* Nothing more, or the next message's batch: leave it queued. */
+			rc = ferry__fail(-EBADMSG, "ferry_port_recv: %u fds announced, %u arrived", n, got);
+			break;
+		}
 		unsigned k = 0;
 		unsigned want = n - got < FERRY_FDS_MAX ? n - got : FERRY_FDS_MAX;
-		/* Take a whole batch, whatever it holds: a stale one left by a post
-		 * that failed halfway may carry more fds than this record needs,
-		 * and must be dropped, not make this message fail. */
+		/* Take the whole batch, whatever it holds, so that all of it is closed
+		 * if it is not what the record needs. */
 		int tmp[FERRY_FDS_MAX];
-		int rc = ferry_fds_recv(p->sock, &bh, sizeof bh, tmp, FERRY_FDS_MAX, &k, 0);
-		if (rc == -EAGAIN)
-			return ferry__fail(-EBADMSG, "ferry_port_recv: %u fds announced, %u arrived", n, got);
-		if (rc)
-			return ferry__fail(rc == -EPIPE ? -EBADMSG : rc,
-					   "ferry_port_recv: receiving the message's fds: %s", ferry_strerror(rc));
-		if (bh.seq < seq) { /* left over from a post that failed halfway */
-			close_fds(tmp, k);
-			ferry__port_drain_wakes(p);
-			continue;
+		rc = ferry_fds_recv(p->sock, &bh, sizeof bh, tmp, FERRY_FDS_MAX, &k, 0);
+		if (rc) {
+			rc = ferry__fail(rc == -EPIPE || rc == -EAGAIN ? -EBADMSG : rc,
+					 "ferry_port_recv: receiving the message's fds: %s", ferry_strerror(rc));
+			break;
 		}
 		if (bh.seq != seq || bh.index != index || bh.count != k || k != want) {
 			close_fds(tmp, k);
-			return ferry__fail(-EBADMSG,
-					   "ferry_port_recv: fd batch (seq %llu, index %u, %u fds) does not match the message (seq %llu, index %u, %u fds)",
-					   (unsigned long long)bh.seq, bh.index, k, (unsigned long long)seq, index, want);
+			rc = ferry__fail(-EBADMSG,
+					 "ferry_port_recv: fd batch (seq %llu, index %u, %u fds) does not match the message (seq %llu, index %u, %u fds)",
+					 (unsigned long long)bh.seq, bh.index, k, (unsigned long long)seq, index, want);
+			break;
 		}
 		memcpy(fds + got, tmp, k * sizeof *tmp);
 		got += k;
 		index++;
 	}
-	return 0;
+	if (rc)
+		close_fds(fds, got);
+	return rc;
 }
 
 static void free_handles(struct msg_handle *hs, size_t n)
@@ -635,9 +705,11 @@ int ferry__msg_decode(ferry_port *p, const unsigned char *rec, size_t len, ferry
 	rec += sizeof ch;
 	len -= sizeof ch;
 	int fds[MAX_FDS];
-	for (unsigned i = 0; i < MAX_FDS; i++)
-		fds[i] = -1;
 	unsigned nfds = ch.nfds <= MAX_FDS ? ch.nfds : 0;
+	/* Only the first nfds are ever used (8 KiB of -1 per message was a
+	 * measurable part of a small message's cost). */
+	for (unsigned i = 0; i < nfds; i++)
+		fds[i] = -1;
 	int rc = 0;
 	struct handle_desc *descs = NULL;
 	struct msg_handle *hs = NULL;
@@ -649,8 +721,15 @@ int ferry__msg_decode(ferry_port *p, const unsigned char *rec, size_t len, ferry
 	 * record does not leave them queued ahead of the next message's. */
 	if (ch.nfds > MAX_FDS)
 		return ferry__fail(-EBADMSG, "ferry_port_recv: %u fds announced (most %d)", ch.nfds, MAX_FDS);
-	if (nfds && (rc = recv_fds(p, ch.fd_seq, fds, nfds)))
-		return rc;
+	if (nfds) {
+		rc = recv_fds(p, ch.fd_seq, fds, nfds);
+		/* This record's sequence is read, good or not: what is left of
+		 * its batches, and anything older, is stale. */
+		if (ch.fd_seq > p->fd_seq_rx)
+			p->fd_seq_rx = ch.fd_seq;
+		if (rc)
+			return rc;
+	}
 
 	if (ch.nhandles > FERRY_MSG_MAX_HANDLES) {
 		rc = ferry__fail(-EBADMSG, "ferry_port_recv: %u handles announced (most %d)", ch.nhandles,
@@ -662,14 +741,17 @@ int ferry__msg_decode(ferry_port *p, const unsigned char *rec, size_t len, ferry
 		rc = ferry__fail(-EBADMSG, "ferry_port_recv: %u handle descriptors overrun the record", ch.nhandles);
 		goto fail;
 	}
-	descs = malloc(dlen ? dlen : 1);
-	hs = calloc(ch.nhandles ? ch.nhandles : 1, sizeof *hs);
-	table = calloc(ch.nhandles ? ch.nhandles : 1, sizeof *table);
-	if (!descs || !hs || !table) {
-		rc = ferry__fail(-ENOMEM, "ferry_port_recv: out of memory");
-		goto fail;
+	/* No tables for the common message without handles (3 mallocs saved). */
+	if (ch.nhandles) {
+		descs = malloc(dlen);
+		hs = calloc(ch.nhandles, sizeof *hs);
+		table = calloc(ch.nhandles, sizeof *table);
+		if (!descs || !hs || !table) {
+			rc = ferry__fail(-ENOMEM, "ferry_port_recv: out of memory");
+			goto fail;
+		}
+		memcpy(descs, rec, dlen);
 	}
-	memcpy(descs, rec, dlen);
 	rec += dlen;
 	len -= dlen;
 
@@ -753,6 +835,14 @@ int ferry__msg_decode(ferry_port *p, const unsigned char *rec, size_t len, ferry
 				rc = ferry__fail(-EBADMSG, "ferry_port_recv: buffer %u of %llu bytes", i,
 						 (unsigned long long)d->len);
 				goto fail;
+			}
+			if (d->type == H_SHARED) {
+				/* A mapping this process has already is reused. */
+				rc = ferry__buf_import_shared(&b, fds[fi], d->len);
+				fds[fi++] = -1;
+				hs[i].kind = FERRY_VALUE_SHARED;
+				hs[i].handle = b;
+				break;
 			}
 			rc = ferry_seg_import(&seg, fds[fi], d->len ? d->len : 1);
 			fds[fi++] = -1;

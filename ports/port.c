@@ -267,16 +267,38 @@ static int peer_hung_up(ferry_port *p)
 	return 0;
 }
 
+/* A ring was corrupt once: the port says so for good (see struct ferry_port). */
+static int corrupt_before(ferry_port *p)
+{
+	if (!atomic_load_explicit(&p->corrupt, memory_order_relaxed))
+		return 0;
+	return ferry__fail(-EPROTO, "ferry_port: the channel's shared ring was found corrupt; "
+			   "the channel stays closed whatever the peer writes");
+}
+
+/* Every ring call of a port goes through here: -EPROTO is remembered. */
+static int attempt_once(ferry_port *p, int (*attempt)(ferry_port *, void *), void *arg)
+{
+	int rc = attempt(p, arg);
+	if (rc == -EPROTO)
+		atomic_store_explicit(&p->corrupt, 1, memory_order_relaxed);
+	return rc;
+}
+
 /*
  * Wait until @attempt(p, arg) stops returning -EAGAIN, following the port's
  * wait mode; @ec is the eventcount the other side notifies when the attempt
  * may succeed. Returns the attempt's result, -EAGAIN (timeout 0), -ETIMEDOUT,
- * or -EPIPE when the peer is gone and a last attempt still finds nothing.
+ * or -EPIPE when the peer is gone and a last attempt still finds nothing;
+ * -EPROTO, without an attempt, once a ring of the channel was found corrupt.
  */
 int ferry__port_wait(ferry_port *p, struct ferry_ec *ec, int (*attempt)(ferry_port *, void *),
 		      void *arg, int64_t timeout_ns)
 {
-	int rc = attempt(p, arg);
+	int rc = corrupt_before(p);
+	if (rc)
+		return rc;
+	rc = attempt_once(p, attempt, arg);
 	if (rc != -EAGAIN || timeout_ns == 0)
 		return rc;
 	int64_t now = ferry__now_ns();
@@ -287,7 +309,7 @@ int ferry__port_wait(ferry_port *p, struct ferry_ec *ec, int (*attempt)(ferry_po
 	int64_t next_liveness = now + FERRY_PORT_LIVENESS_NS;
 
 	for (unsigned i = 1;; i++) {
-		rc = attempt(p, arg);
+		rc = attempt_once(p, attempt, arg);
 		if (rc != -EAGAIN)
 			return rc;
 		/* Reading the clock costs ~20 ns: while spinning, once every 16 turns.
@@ -307,7 +329,7 @@ int ferry__port_wait(ferry_port *p, struct ferry_ec *ec, int (*attempt)(ferry_po
 		if (now >= next_liveness) {
 			next_liveness = now + FERRY_PORT_LIVENESS_NS;
 			if (peer_hung_up(p)) {
-				rc = attempt(p, arg);
+				rc = attempt_once(p, attempt, arg);
 				return rc == -EAGAIN ? -EPIPE : rc;
 			}
 		}
@@ -318,7 +340,7 @@ int ferry__port_wait(ferry_port *p, struct ferry_ec *ec, int (*attempt)(ferry_po
 		/* Announce the sleep, re-check, then sleep one liveness slice at most. */
 		ferry__cancel_point();
 		uint32_t key = ferry_ec_prepare(ec);
-		rc = attempt(p, arg);
+		rc = attempt_once(p, attempt, arg);
 		if (rc != -EAGAIN) {
 			ferry_ec_cancel(ec);
 			return rc;
@@ -400,7 +422,10 @@ static int try_peek(ferry_port *p, void *arg)
 
 /*
  * The pollable fd is the port's end of the control socket: readable when a
- * wake packet, an fd batch or the peer's hang-up is there. Arming it follows
+ * wake packet, an fd batch or the peer's hang-up is there. Arming drops
+ * first what no record will claim (wakes, junk, stale or impossible
+ * batches), so that only a batch whose record is on its way, the hang-up,
+ * or a wake sent after the announce below can keep it readable. Arming it follows
  * the eventcount's protocol with the fd_waiting word: announce (seq_cst),
  * re-check the ring, and only then tell the caller to poll. The producer
  * loads fd_waiting after its commit and its seq_cst fence (in
@@ -411,11 +436,11 @@ static int arm_fd(ferry_port *p, const void **rec)
 	ferry__port_drain_wakes(p);
 	atomic_store_explicit(&p->rxd->fd_waiting, 1, memory_order_seq_cst);
 	ferry__full_fence();
-	int rc = try_peek(p, rec);
+	int rc = attempt_once(p, try_peek, rec);
 	if (rc == -EAGAIN && peer_hung_up(p)) {
 		/* The hang-up keeps the fd readable: report it, after one last
 		 * look for what the peer committed before it went. */
-		rc = try_peek(p, rec);
+		rc = attempt_once(p, try_peek, rec);
 		if (rc == -EAGAIN)
 			rc = -EPIPE;
 	}
@@ -436,17 +461,61 @@ void ferry__port_wake_fd(ferry_port *p)
 	send(p->sock, &w, 1, MSG_DONTWAIT | MSG_NOSIGNAL);
 }
 
+enum ctl_head ferry__port_ctl_peek(ferry_port *p, struct fd_batch *bh)
+{
+	unsigned char buf[sizeof(struct fd_frame) + sizeof(struct fd_batch) + 1];
+	ssize_t n;
+	/* MSG_PEEK without a control buffer installs none of the packet's fds;
+	 * MSG_TRUNC gives its real length, so a long packet is seen as such. */
+	do
+		n = recv(p->sock, buf, sizeof buf, MSG_PEEK | MSG_DONTWAIT | MSG_TRUNC);
+	while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return errno == EAGAIN || errno == EWOULDBLOCK ? CTL_NONE : CTL_EOF;
+	if (n == 0) {
+		/* An empty packet, or the end: seqpacket says 0 for both. */
+		struct pollfd pfd = { .fd = p->sock, .events = POLLIN | POLLRDHUP };
+		if (poll(&pfd, 1, 0) > 0 && (pfd.revents & (POLLHUP | POLLRDHUP | POLLERR)))
+			return CTL_EOF;
+		return CTL_JUNK;
+	}
+	if (n == 1)
+		return CTL_WAKE;
+	struct fd_frame fr;
+	memcpy(&fr, buf, sizeof fr);
+	if ((size_t)n != sizeof fr + sizeof *bh || fr.magic != FERRY_FD_FRAME_MAGIC ||
+	    fr.len != sizeof *bh || fr.nfds > FERRY_FDS_MAX)
+		return CTL_JUNK;
+	memcpy(bh, buf + sizeof fr, sizeof *bh);
+	return CTL_BATCH;
+}
+
+void ferry__port_ctl_drop(ferry_port *p)
+{
+	char c;
+	/* No control buffer: the kernel releases the fds, none is installed. */
+	while (recv(p->sock, &c, 1, MSG_DONTWAIT) < 0 && errno == EINTR)
+		;
+}
+
+int ferry__port_batch_stale(ferry_port *p, uint64_t seq)
+{
+	/* acquire: the producer counts (fetch_add) before it sends the batch
+	 * this seq came from; the socket's queue orders the two for us. */
+	return seq <= p->fd_seq_rx ||
+	       seq > atomic_load_explicit(&p->rxd->fd_seq, memory_order_acquire);
+}
+
 void ferry__port_drain_wakes(ferry_port *p)
 {
-	char buf[8];
-	for (;;) {
-		/* MSG_TRUNC: the packet's real length, so an fd batch (longer than
-		 * one byte) is recognised and left in place, fds and all. */
-		ssize_t n = recv(p->sock, buf, 1, MSG_PEEK | MSG_DONTWAIT | MSG_TRUNC);
-		if (n != 1)
+	for (int i = 0; i < FERRY_CTL_DROP_MAX; i++) {
+		struct fd_batch bh;
+		enum ctl_head h = ferry__port_ctl_peek(p, &bh);
+		if (h == CTL_NONE || h == CTL_EOF)
 			return;
-		if (recv(p->sock, buf, 1, MSG_DONTWAIT) != 1)
-			return;
+		if (h == CTL_BATCH && !ferry__port_batch_stale(p, bh.seq))
+			return; /* a record may still claim it: it is on its way */
+		ferry__port_ctl_drop(p);
 	}
 }
 
@@ -542,6 +611,14 @@ int ferry__port_recv_any(ferry_port *p, ferry_msg **msg, int64_t timeout_ns)
 		len -= sizeof wh;
 		switch (wh.kind) {
 		case WIRE_VOID:
+			/* An abandoned post names the sequence of the fd batches it
+			 * may have left queued: they are stale from now on. */
+			if (len >= sizeof(uint64_t)) {
+				uint64_t seq;
+				memcpy(&seq, body, sizeof seq);
+				if (seq > p->fd_seq_rx && !ferry__port_batch_stale(p, seq))
+					p->fd_seq_rx = seq;
+			}
 			consume(p);
 			continue;
 		case WIRE_CLONE:

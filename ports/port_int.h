@@ -52,7 +52,7 @@ struct wire_hdr {
 
 enum wire_kind {
 	WIRE_RAW = 1,   /* plain bytes */
-	WIRE_VOID = 2,  /* an abandoned reservation: skipped by the receiver */
+	WIRE_VOID = 2,  /* an abandoned post, skipped; payload: its fd seq (u64) */
 	WIRE_CLONE = 3, /* a structured clone (see ports/msg.c) */
 	WIRE_CTRL = 4,  /* a runtime control record (online, error): not for the user */
 };
@@ -78,6 +78,10 @@ struct ferry_port {
 	 * the rings' own closed words carry the ordering. */
 	atomic_int closed;          /* ferry_port_close was called here */
 	atomic_int peer_gone;       /* the peer process hung up */
+	/* A ring of this channel was found corrupt (-EPROTO). Kept here, not
+	 * in shared memory, so that a peer that repairs the ring and clears its
+	 * closed words cannot reopen the channel: every later call is -EPROTO. */
+	atomic_int corrupt;
 	enum ferry_wait_mode mode;
 	int64_t spin_ns;
 	size_t max_msg;             /* largest raw record payload the ring takes */
@@ -100,7 +104,38 @@ struct ferry_port {
 	void *ctrl_arg;
 	int detached;               /* transferred away: only destroy is valid */
 	uint64_t fd_seq;            /* sequence of fd batches sent (sender side) */
-	uint64_t fd_seq_rx;         /* and expected (receiver side) */
+	/* Receiver side: the newest sequence whose record was read (or whose
+	 * post was abandoned): a batch at or below it is stale. Receiving
+	 * thread only. */
+	uint64_t fd_seq_rx;
+};
+
+/*
+ * The fds of a message travel on the control socket in batches: the frame
+ * of shm/fdpass.c (mirrored here, to recognise a batch without taking it),
+ * then this header.
+ */
+struct fd_batch {
+	uint64_t seq;
+	uint32_t index;
+	uint32_t count;
+};
+
+struct fd_frame {
+	uint32_t magic; /* FERRY_FD_FRAME_MAGIC */
+	uint16_t len;   /* header bytes after the frame */
+	uint16_t nfds;  /* fds attached */
+};
+
+#define FERRY_FD_FRAME_MAGIC 0x31595246u /* shm/fdpass.c FRAME_MAGIC */
+
+/* What heads a port's control socket (ferry__port_ctl_peek). */
+enum ctl_head {
+	CTL_NONE,  /* nothing queued */
+	CTL_EOF,   /* the peer hung up and nothing is queued */
+	CTL_WAKE,  /* a 1-byte wake packet */
+	CTL_BATCH, /* a well-framed fd batch: its header is returned */
+	CTL_JUNK,  /* anything else: not ours to read */
 };
 
 /* A received message: raw bytes, or a decoded value with its handles. */
@@ -149,9 +184,28 @@ int ferry__port_post_raw(ferry_port *p, uint32_t kind, const void *data, size_t 
  * that waits on its pollable fd. */
 void ferry__port_wake_fd(ferry_port *p);
 
-/* Consume the 1-byte wake packets at the head of the control socket (never
- * an fd batch). */
+/* Drop what heads the control socket and no message will claim: wake
+ * packets, junk (with its fds) and stale or impossible fd batches. Stops at
+ * a batch a record may still claim, at a hang-up, or when nothing is left. */
 void ferry__port_drain_wakes(ferry_port *p);
+
+/* Look at the packet heading @p's control socket without taking it; for
+ * CTL_BATCH, *@bh gets the batch header. */
+enum ctl_head ferry__port_ctl_peek(ferry_port *p, struct fd_batch *bh);
+
+/* Take the packet heading @p's control socket and drop it: its fds are
+ * never installed in our table (the kernel releases them). */
+void ferry__port_ctl_drop(ferry_port *p);
+
+/* A batch with sequence @seq cannot belong to any record the peer posted:
+ * at or below what this port has read already, or past the producer's
+ * counter (read after the batch was seen: the producer counts before it
+ * sends). */
+int ferry__port_batch_stale(ferry_port *p, uint64_t seq);
+
+/* Most packets one call drops before it gives up (a peer that floods the
+ * control socket costs a bounded amount of work per call). */
+#define FERRY_CTL_DROP_MAX 1024
 
 /* Release the spill segments @p keeps (msg.c). */
 void ferry__msg_port_fini(ferry_port *p);

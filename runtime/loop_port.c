@@ -68,10 +68,13 @@ static void on_fd(ferry_loop *loop, uint64_t id, int res, void *arg)
 		finish(loop, w, res);
 		return;
 	}
-	/* Readable without a hang-up: an fd batch on its way with a record;
-	 * the eventcount watch delivers it. */
-	if (!(res & (FERRY_LOOP_HUP | FERRY_LOOP_ERROR)))
+	/* Readable without a hang-up: an fd batch on its way with a record
+	 * (the eventcount watch delivers it), or junk a peer left there: drop
+	 * that, or this level-triggered watch would fire on every pass. */
+	if (!(res & (FERRY_LOOP_HUP | FERRY_LOOP_ERROR))) {
+		ferry__port_drain_wakes(w->port);
 		return;
+	}
 	drain(loop, w, 1);
 }
 

@@ -3,16 +3,98 @@
 #include "shm/err.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/*
+ * Shared segments this process maps, by inode: a shared buffer posted again
+ * (or back to where it came from) finds its mapping here and costs an fd
+ * pass, not an mmap, its page faults and an munmap. An entry lives while a
+ * handle uses it: each handle holds its own segment reference and counts in
+ * the entry; the last one to go removes the entry (under the lock, so a
+ * lookup never sees a segment without a reference behind it). The inode
+ * cannot be reused while we map it, and its seals fix its size.
+ */
+struct shared_ent {
+	struct shared_ent *next;
+	uint64_t dev, ino;
+	ferry_seg *seg;   /* borrowed from the handles counted below */
+	size_t handles;
+};
+
+static pthread_mutex_t shared_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct shared_ent *shared_list;
+static pthread_once_t shared_once = PTHREAD_ONCE_INIT;
+
+/* A child forked while another thread held the lock must not inherit it held. */
+static void shared_prefork(void)
+{
+	pthread_mutex_lock(&shared_lock);
+}
+
+static void shared_postfork(void)
+{
+	pthread_mutex_unlock(&shared_lock);
+}
+
+static void shared_init(void)
+{
+	pthread_atfork(shared_prefork, shared_postfork, shared_postfork);
+}
 
 struct ferry_buf {
 	void *data;     /* NULL when detached */
 	size_t len;
 	ferry_seg *seg; /* NULL: data is malloc'd (or the static empty byte) */
+	struct shared_ent *ent; /* a shared buffer's entry in the inode cache */
 	int shared;
 	int detached;
 };
+
+/* Count @b in the entry of its segment (a new one if none): best effort, a
+ * buffer outside the cache only costs a later mapping. */
+static void shared_enter(ferry_buf *b)
+{
+	struct stat st;
+	if (fstat(ferry_seg_fd(b->seg), &st) < 0)
+		return;
+	pthread_once(&shared_once, shared_init);
+	pthread_mutex_lock(&shared_lock);
+	struct shared_ent *e = shared_list;
+	while (e && !(e->dev == (uint64_t)st.st_dev && e->ino == (uint64_t)st.st_ino))
+		e = e->next;
+	if (!e && (e = calloc(1, sizeof *e)) != NULL) {
+		e->dev = (uint64_t)st.st_dev;
+		e->ino = (uint64_t)st.st_ino;
+		e->seg = b->seg;
+		e->next = shared_list;
+		shared_list = e;
+	}
+	if (e)
+		e->handles++;
+	b->ent = e;
+	pthread_mutex_unlock(&shared_lock);
+}
+
+static void shared_leave(ferry_buf *b)
+{
+	struct shared_ent *e = b->ent;
+	if (!e)
+		return;
+	b->ent = NULL;
+	pthread_mutex_lock(&shared_lock);
+	if (--e->handles == 0) {
+		struct shared_ent **pp = &shared_list;
+		while (*pp != e)
+			pp = &(*pp)->next;
+		*pp = e->next;
+		free(e);
+	}
+	pthread_mutex_unlock(&shared_lock);
+}
 
 /* Zero-length plain buffers point here, so data is never NULL while attached. */
 static char empty_bytes[1];
@@ -45,6 +127,8 @@ FERRY_API int ferry_buf_create(ferry_buf **out, size_t len, unsigned flags)
 		rc = ferry__buf_from_seg(out, seg, len, shared);
 		if (rc)
 			ferry_seg_unref(seg);
+		else if (shared)
+			shared_enter(*out);
 		return rc;
 	}
 	ferry_buf *b = handle_new();
@@ -70,6 +154,52 @@ int ferry__buf_from_seg(ferry_buf **out, ferry_seg *seg, size_t len, int shared)
 	b->len = len;
 	b->shared = shared;
 	*out = b;
+	return 0;
+}
+
+int ferry__buf_import_shared(ferry_buf **out, int fd, size_t len)
+{
+	*out = NULL;
+	size_t need = len ? len : 1;
+	struct stat st;
+	if (fd >= 0 && fstat(fd, &st) == 0) {
+		pthread_once(&shared_once, shared_init);
+		pthread_mutex_lock(&shared_lock);
+		struct shared_ent *e = shared_list;
+		while (e && !(e->dev == (uint64_t)st.st_dev && e->ino == (uint64_t)st.st_ino))
+			e = e->next;
+		if (e && ferry_seg_size(e->seg) >= need) {
+			ferry_buf *b = handle_new();
+			if (!b) {
+				pthread_mutex_unlock(&shared_lock);
+				close(fd);
+				return -ENOMEM;
+			}
+			b->seg = ferry_seg_ref(e->seg);
+			b->data = ferry_seg_data(e->seg);
+			b->len = len;
+			b->shared = 1;
+			b->ent = e;
+			e->handles++;
+			pthread_mutex_unlock(&shared_lock);
+			close(fd); /* the same memfd, mapped already */
+			*out = b;
+			return 0;
+		}
+		pthread_mutex_unlock(&shared_lock);
+		/* Not mapped here, or too small for @len: the import checks and
+		 * says what is wrong. */
+	}
+	ferry_seg *seg;
+	int rc = ferry_seg_import(&seg, fd, need);
+	if (rc)
+		return rc;
+	rc = ferry__buf_from_seg(out, seg, len, 1);
+	if (rc) {
+		ferry_seg_unref(seg);
+		return rc;
+	}
+	shared_enter(*out);
 	return 0;
 }
 
@@ -127,9 +257,17 @@ FERRY_API int ferry_buf_share(ferry_buf *b, ferry_buf **out)
 	if (!b->shared)
 		return ferry__fail(-EINVAL, "ferry_buf_share: not a shared buffer");
 	int rc = ferry__buf_from_seg(out, ferry_seg_ref(b->seg), b->len, 1);
-	if (rc)
+	if (rc) {
 		ferry_seg_unref(b->seg);
-	return rc;
+		return rc;
+	}
+	if (b->ent) {
+		pthread_mutex_lock(&shared_lock);
+		b->ent->handles++;
+		(*out)->ent = b->ent;
+		pthread_mutex_unlock(&shared_lock);
+	}
+	return 0;
 }
 
 ferry_seg *ferry__buf_seg(const ferry_buf *b)
@@ -141,6 +279,7 @@ void ferry__buf_detach(ferry_buf *b)
 {
 	if (b->detached)
 		return;
+	shared_leave(b);
 	if (b->seg)
 		ferry_seg_unref(b->seg);
 	else if (b->data != empty_bytes)

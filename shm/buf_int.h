@@ -15,6 +15,12 @@ void ferry__buf_detach(ferry_buf *buf);
 /* A new handle over @seg (taking the caller's reference), @len bytes of it. */
 int ferry__buf_from_seg(ferry_buf **out, ferry_seg *seg, size_t len, int shared);
 
+/* A new handle to the shared segment behind @fd (consumed), of @len bytes:
+ * the mapping this process already has of the same memfd (found by inode)
+ * when there is one, else a new one (the fd checked as ferry_seg_import
+ * does). */
+int ferry__buf_import_shared(ferry_buf **out, int fd, size_t len);
+
 /* A new plain buffer on the heap holding a copy of @len bytes at @data. */
 int ferry__buf_from_bytes(ferry_buf **out, const void *data, size_t len);
 

@@ -285,6 +285,36 @@ static void verify(const ferry_msg *m, uint64_t round, uint64_t seq, unsigned *k
 		     (unsigned long long)round, (unsigned long long)seq, kind_names[k]);
 }
 
+/* The bystander: a live process at the other end of another channel, which
+ * echoes what it gets. Every round talks to it while posters die around it. */
+static int echo_peer(ferry_port *p)
+{
+	for (;;) {
+		ferry_msg *m = NULL;
+		int rc = ferry_port_recv(p, &m, 60 * SEC);
+		if (rc == -EPIPE)
+			return 0;
+		if (rc)
+			return 10;
+		rc = ferry_port_post(p, ferry_msg_value(m), NULL, 10 * SEC);
+		ferry_msg_free(m);
+		if (rc)
+			return 11;
+	}
+}
+
+static void echo_check(ferry_port *e, int round)
+{
+	ferry_value *v = ferry_value_int(round);
+	cr_assert_eq(ferry_port_post(e, v, NULL, 10 * SEC), 0, "round %d: the bystander: %s", round,
+		     ferry_errmsg());
+	ferry_msg *m = NULL;
+	cr_assert_eq(ferry_port_recv(e, &m, 10 * SEC), 0, "round %d: the bystander: %s", round, ferry_errmsg());
+	cr_assert(ferry_value_equal(v, ferry_msg_value(m)), "round %d: the bystander's echo is wrong", round);
+	ferry_msg_free(m);
+	ferry_value_free(v);
+}
+
 static int rounds_from_env(void)
 {
 	const char *e = getenv("FERRY_HOSTILE_KILL_ROUNDS");
@@ -299,6 +329,16 @@ Test(hostile_kill, killed_poster_loses_nothing_it_posted)
 	unsigned kinds[K_NKINDS] = { 0 };
 	uint64_t total = 0, extra = 0, self_closed = 0, before_first = 0;
 	int64_t t0 = now_ns();
+	ferry_port *ea, *eb;
+	cr_assert_eq(ferry_channel(&ea, &eb, NULL), 0);
+	fflush(NULL);
+	pid_t echo = fork();
+	cr_assert_geq(echo, 0);
+	if (echo == 0) {
+		ferry__port_keep_only(eb);
+		_exit(echo_peer(eb));
+	}
+	ferry__port_forget(eb);
 	for (int round = 0; round < rounds; round++) {
 		struct tu_baseline rb;
 		tu_baseline_take(&rb);
@@ -368,12 +408,20 @@ Test(hostile_kill, killed_poster_loses_nothing_it_posted)
 		ferry_msg *m = NULL;
 		cr_assert_eq(ferry_port_recv(a, &m, 0), -EPIPE, "round %d: -EPIPE is not final", round);
 		ferry_port_destroy(a);
+		echo_check(ea, round);
 		cr_assert_eq(tu_count_fds(), rb.fds, "round %d: %d fds, %d at its start", round,
 			     tu_count_fds(), rb.fds);
 		cr_assert_eq(tu_count_maps(), rb.maps, "round %d: %d memfd mappings, %d at its start", round,
 			     tu_count_maps(), rb.maps);
 	}
+	ferry_port_destroy(ea);
+	int st = tu_wait(echo, 10000);
+	cr_expect(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "the bystander: status 0x%x", st);
 	tu_shared_free(sh, sizeof *sh);
+	/* here, not only in the fini: Criterion does not fail a test whose fini does */
+	cr_expect_eq(tu_count_fds(), base.fds, "fd leak: %d open now, %d at the start", tu_count_fds(), base.fds);
+	cr_expect_eq(tu_count_maps(), base.maps, "mapping leak: %d now, %d at the start", tu_count_maps(),
+		     base.maps);
 	cr_log_info("%d rounds in %.1f s: %llu messages (raw %u, clone %u, spilled %u, moved buffer %u, "
 		    "shared %u, moved port %u); %llu committed but uncounted at the kill; %llu rounds "
 		    "closed by the poster itself; %llu rounds killed before the first message",

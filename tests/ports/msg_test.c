@@ -748,3 +748,119 @@ Test(msg, spill_segments_are_reused)
 	ferry_port_destroy(a);
 	ferry_port_destroy(b);
 }
+
+/* A clone bigger than the sender's scratch is encoded in a second pass where
+ * it goes: straight into a spill segment, or (a big ring) into a grown
+ * scratch. Both keep the handle table in the order of the first pass. */
+static void big_cbor_with_handles(size_t ring_bytes, size_t n)
+{
+	ferry_port *a, *b;
+	struct ferry_channel_opts o = { .ring_bytes = ring_bytes };
+	cr_assert_eq(ferry_channel(&a, &b, &o), 0, "%s", ferry_errmsg());
+	for (int round = 0; round < 3; round++) {
+		ferry_buf *b1, *b2;
+		cr_assert_eq(ferry_buf_create(&b1, 100, 0), 0);
+		cr_assert_eq(ferry_buf_create(&b2, 3000, 0), 0);
+		memset(ferry_buf_data(b1), 0x11, 100);
+		memset(ferry_buf_data(b2), 0x22, 3000);
+		ferry_value *v = ferry_value_array();
+		ferry_value_array_push(v, ferry_value_handle(FERRY_VALUE_BUF, b2));
+		ferry_value *bytes = ferry_value_bytes(NULL, n);
+		unsigned char *d = ferry_value_get_bytes(bytes, NULL);
+		for (size_t i = 0; i < n; i++)
+			d[i] = (unsigned char)(i * 7 + (size_t)round);
+		ferry_value_array_push(v, bytes);
+		ferry_value_array_push(v, ferry_value_handle(FERRY_VALUE_BUF, b1));
+		ferry_value_array_push(v, ferry_value_str("end"));
+		cr_assert_eq(ferry_port_post(a, v, NULL, T10S), 0, "%s", ferry_errmsg());
+		ferry_msg *m = recv_ok(b);
+		const ferry_value *got = ferry_msg_value(m);
+		cr_assert_eq(ferry_value_len(got), 4);
+		size_t len;
+		const unsigned char *gb = ferry_value_get_bytes(ferry_value_array_get(got, 1), &len);
+		cr_assert_eq(len, n);
+		cr_assert_eq(memcmp(gb, d, n), 0, "the big bytes differ");
+		enum ferry_value_kind k;
+		ferry_buf *h0 = ferry_value_get_handle(ferry_value_array_get(got, 0), &k);
+		ferry_buf *h2 = ferry_value_get_handle(ferry_value_array_get(got, 2), &k);
+		cr_assert_not_null(h0);
+		cr_assert_not_null(h2);
+		cr_assert_eq(ferry_buf_len(h0), 3000);
+		cr_assert_eq(ferry_buf_len(h2), 100);
+		cr_assert_eq(((unsigned char *)ferry_buf_data(h0))[2999], 0x22);
+		cr_assert_eq(((unsigned char *)ferry_buf_data(h2))[99], 0x11);
+		ferry_msg_free(m);
+		ferry_value_free(v);
+		ferry_buf_free(b1);
+		ferry_buf_free(b2);
+	}
+	ferry_port_destroy(a);
+	ferry_port_destroy(b);
+}
+
+Test(msg, big_clone_encoded_in_place_in_spill) { big_cbor_with_handles(0, 700u * 1024); }
+Test(msg, big_clone_in_a_big_ring) { big_cbor_with_handles(1u << 20, 200u * 1024); }
+
+/* A shared buffer that arrives twice is mapped once: the second message
+ * finds the first one's mapping (same inode), both handles see the same
+ * pages, and after both are freed no mapping or fd is left. The worker
+ * checks its side and answers with a code in a raw message. */
+static int shared_twice(ferry_worker_ctx *ctx)
+{
+	ferry_port *p = ferry_worker_ctx_port(ctx);
+	int maps0 = tu_count_maps(), fds0 = tu_count_fds();
+	ferry_msg *m1, *m2;
+	if (ferry_port_recv(p, &m1, T10S) || ferry_port_recv(p, &m2, T10S))
+		return 1;
+	enum ferry_value_kind k1, k2;
+	ferry_buf *h1 = ferry_value_get_handle(ferry_msg_value(m1), &k1);
+	ferry_buf *h2 = ferry_value_get_handle(ferry_msg_value(m2), &k2);
+	char code = 0;
+	if (!h1 || !h2 || k1 != FERRY_VALUE_SHARED || k2 != FERRY_VALUE_SHARED || h1 == h2)
+		code = 2;
+	else if (ferry_buf_data(h1) != ferry_buf_data(h2))
+		code = 3; /* mapped twice */
+	else if (tu_count_maps() > maps0 + 1 || tu_count_fds() > fds0 + 1)
+		code = 4; /* one mapping and its fd (none: a thread maps it already) */
+	if (!code) {
+		uint32_t *w = ferry_buf_data(h2);
+		atomic_store((_Atomic uint32_t *)&w[1], 7u);
+		if (atomic_load((_Atomic uint32_t *)ferry_buf_data(h1)) != 0x5eed)
+			code = 5;
+	}
+	ferry_msg_free(m1);
+	ferry_msg_free(m2);
+	if (!code && (tu_count_maps() != maps0 || tu_count_fds() != fds0))
+		code = 6; /* the mapping outlived both handles */
+	ferry_port_post_bytes(p, &code, 1, T10S);
+	/* the parent's null ends the loop */
+	ferry_msg *m;
+	if (ferry_port_recv(p, &m, T10S) == 0)
+		ferry_msg_free(m);
+	return 0;
+}
+
+static void shared_posted_twice(int backend)
+{
+	ferry_buf *s;
+	cr_assert_eq(ferry_buf_create(&s, 8192, FERRY_BUF_SHARED), 0);
+	uint32_t *w = ferry_buf_data(s);
+	w[0] = 0x5eed;
+	ferry_value *v = ferry_value_handle(FERRY_VALUE_SHARED, s);
+	ferry_worker *wk = spawn(backend, shared_twice);
+	ferry_port *p = ferry_worker_port(wk);
+	cr_assert_eq(ferry_port_post(p, v, NULL, T10S), 0, "%s", ferry_errmsg());
+	cr_assert_eq(ferry_port_post(p, v, NULL, T10S), 0, "%s", ferry_errmsg());
+	ferry_msg *m = recv_ok(p);
+	cr_assert_eq(ferry_msg_len(m), 1);
+	cr_assert_eq(*(const char *)ferry_msg_data(m), 0, "worker check %d failed",
+		     *(const char *)ferry_msg_data(m));
+	ferry_msg_free(m);
+	cr_assert_eq(atomic_load((_Atomic uint32_t *)&w[1]), 7u, "the worker's write is not visible");
+	finish(wk);
+	ferry_value_free(v);
+	ferry_buf_free(s);
+}
+
+Test(msg, shared_posted_twice_mapped_once_thread) { shared_posted_twice(FERRY_THREAD); }
+Test(msg, shared_posted_twice_mapped_once_process) { shared_posted_twice(FERRY_PROCESS); }
