@@ -1,16 +1,26 @@
 /*
  * ferry's own rows: a 64-byte round trip between the parent and an echo
- * worker on each backend and in each wait mode, and worker start to first
- * message, all through the public API (ferry/worker.h, ferry/port.h).
+ * worker on each backend and in each wait mode, worker start to first
+ * message, and terminate to the exit event seen by a ferry_loop (with its
+ * floors: a futex-woken pthread joined, a fork child killed and waited for),
+ * all through the public API (ferry/worker.h, ferry/port.h, ferry/loop.h).
  */
 #include "bench.h"
 
 #include "ferry/loop.h"
 #include "ferry/port.h"
+#include "ferry/runtime.h"
 #include "ferry/worker.h"
 
+#include <linux/futex.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
 
 #define MSG_BYTES 64
 
@@ -375,3 +385,238 @@ static const struct bench_scenario loop_port_scenarios[] = {
 	  .run = run_loop_rt, .arg = &lp_epoll_prc },
 };
 BENCH_REGISTER(loop_port_scenarios)
+
+/* ---- terminate to exit ---- */
+
+struct term_param {
+	int backend; /* enum ferry_backend */
+	int spawn;   /* enum ferry_spawn */
+	int server;  /* start the fork server for the row */
+};
+
+/* Posts "up", then blocks forever in ferry_wait (a thread worker is stopped
+ * there cooperatively; a process worker by SIGTERM). */
+static int blocked_entry(ferry_worker_ctx *wc)
+{
+	static uint32_t never;
+	static const char up[MSG_BYTES] = "up";
+	if (ferry_port_post_bytes(ferry_worker_ctx_port(wc), up, sizeof up, 10LL * 1000000000))
+		return 10;
+	for (;;)
+		ferry_wait(&never, 0, FERRY_FOREVER);
+}
+
+struct term_state {
+	int up, exited;
+	uint64_t t_exit;
+	struct ferry_worker_status st;
+};
+
+static void term_event(ferry_loop *loop, ferry_worker *w, struct ferry_worker_event *ev, void *arg)
+{
+	struct term_state *ts = arg;
+	if (ev->type == FERRY_WORKER_MESSAGE) {
+		ferry_msg_free(ev->msg);
+		ts->up = 1;
+		ferry_loop_stop(loop);
+	} else if (ev->type == FERRY_WORKER_EXIT) {
+		ts->t_exit = bench_now();
+		ts->exited = 1;
+		ts->st = ev->status;
+	}
+}
+
+/* A guard: no run of the row waits longer than the peer timeout. */
+static void term_guard(ferry_loop *loop, uint64_t id, int res, void *arg)
+{
+	*(int *)arg = 1;
+	ferry_loop_stop(loop);
+}
+
+static int term_run_until(struct bench_ctx *ctx, ferry_loop *loop, int *flag)
+{
+	int fired = 0;
+	uint64_t gid;
+	int r = ferry_loop_timer(loop, ctx->peer_timeout_ns, 0, term_guard, &fired, &gid);
+	if (r)
+		return ferry_fail(ctx, r, "ferry_loop_timer");
+	ferry_loop_ref(loop, gid, 0);
+	while (!*flag && !fired) {
+		r = ferry_loop_run(loop, FERRY_RUN_ONCE);
+		if (r < 0)
+			return ferry_fail(ctx, r, "ferry_loop_run");
+	}
+	if (!fired)
+		ferry_loop_cancel(loop, gid);
+	return *flag ? 0 : ferry_fail(ctx, -ETIMEDOUT, "the worker's event");
+}
+
+static int run_term(struct bench_ctx *ctx, const struct bench_scenario *s,
+		    struct bench_samples *out)
+{
+	const struct term_param *prm = s->arg;
+	size_t n = bench_count(ctx, BENCH_START), warm = bench_warmup_count(ctx, BENCH_START);
+	if (bench_samples_reserve(out, n))
+		return bench_fail(ctx, -ENOMEM, "samples");
+	int r = bench_pin(ctx, BENCH_ANY);
+	if (r)
+		return bench_fail(ctx, r, "sched_setaffinity");
+	if (prm->server) {
+		struct ferry_init_opts io = { .fork_server = 1 };
+		r = ferry_init(&io);
+		if (r)
+			return ferry_fail(ctx, r, "ferry_init");
+	}
+	ferry_loop *loop;
+	r = ferry_loop_create(&loop, NULL);
+	if (r) {
+		if (prm->server)
+			ferry_fini();
+		return ferry_fail(ctx, r, "ferry_loop_create");
+	}
+	struct ferry_worker_opts o = {
+		.backend = prm->backend,
+		.entry = blocked_entry,
+		.name = "bench-term",
+		.spawn = prm->spawn,
+	};
+	struct bench_loop lp = { .warm = warm, .n = n };
+	while (bench_loop_next(ctx, &lp)) {
+		ferry_worker *w;
+		r = ferry_worker_spawn(&w, &o);
+		if (r) {
+			r = ferry_fail(ctx, r, "ferry_worker_spawn");
+			break;
+		}
+		struct term_state ts = { 0 };
+		struct ferry_loop_worker_watch ww = { 0 };
+		r = ferry_loop_worker_start(loop, &ww, w, term_event, &ts);
+		if (r) {
+			r = ferry_fail(ctx, r, "ferry_loop_worker_start");
+			ferry_worker_destroy(w);
+			break;
+		}
+		r = term_run_until(ctx, loop, &ts.up);
+		/* Let it reach its futex sleep. */
+		struct timespec pause_ts = { 0, 2000000 };
+		nanosleep(&pause_ts, NULL);
+		uint64_t t0 = bench_now();
+		if (r == 0) {
+			r = ferry_worker_terminate(w, ctx->peer_timeout_ns);
+			if (r)
+				r = ferry_fail(ctx, r, "ferry_worker_terminate");
+		}
+		if (r == 0)
+			r = term_run_until(ctx, loop, &ts.exited);
+		ferry_loop_worker_stop(loop, &ww);
+		ferry_worker_destroy(w);
+		if (r)
+			break;
+		if (!ts.st.terminated) {
+			r = bench_failx(ctx, -EPROTO, "the exit does not say terminated");
+			break;
+		}
+		if (lp.measuring)
+			bench_samples_add(out, bench_ns(ts.t_exit - t0));
+	}
+	ferry_loop_destroy(loop);
+	if (prm->server)
+		ferry_fini();
+	return r;
+}
+
+/* Floors: a thread asleep in FUTEX_WAIT, woken by a flag and a wake, then
+ * joined; a forked child asleep in pause(), SIGTERM, then waitid. */
+static _Atomic uint32_t term_word;
+static _Atomic uint32_t term_up;
+
+static void *term_floor_thread(void *arg)
+{
+	atomic_store_explicit(&term_up, 1, memory_order_release);
+	while (!atomic_load_explicit(&term_word, memory_order_acquire))
+		syscall(SYS_futex, &term_word, FUTEX_WAIT_PRIVATE, 0, NULL, NULL, 0);
+	return arg;
+}
+
+static int run_term_floor(struct bench_ctx *ctx, const struct bench_scenario *s,
+			  struct bench_samples *out)
+{
+	int process = s->arg != NULL;
+	size_t n = bench_count(ctx, BENCH_START), warm = bench_warmup_count(ctx, BENCH_START);
+	if (bench_samples_reserve(out, n))
+		return bench_fail(ctx, -ENOMEM, "samples");
+	int r = bench_pin(ctx, BENCH_ANY);
+	if (r)
+		return bench_fail(ctx, r, "sched_setaffinity");
+	_Atomic uint32_t *up = bench_shared_alloc(4096);
+	if (!up)
+		return bench_fail(ctx, -errno, "mmap shared page");
+	fflush(NULL);
+	struct bench_loop lp = { .warm = warm, .n = n };
+	while (bench_loop_next(ctx, &lp)) {
+		atomic_store(up, 0);
+		atomic_store(&term_up, 0);
+		atomic_store(&term_word, 0);
+		pthread_t t;
+		pid_t pid = -1;
+		if (process) {
+			pid = fork();
+			if (pid < 0) {
+				r = bench_fail(ctx, -errno, "fork");
+				break;
+			}
+			if (pid == 0) {
+				atomic_store(up, 1);
+				for (;;)
+					pause();
+			}
+		} else if ((r = pthread_create(&t, NULL, term_floor_thread, NULL)) != 0) {
+			r = bench_fail(ctx, -r, "pthread_create");
+			break;
+		}
+		struct bench_spin sp = bench_spin_start(ctx);
+		while (!atomic_load(process ? up : &term_up) && !bench_spin(&sp))
+			;
+		struct timespec pause_ts = { 0, 2000000 };
+		nanosleep(&pause_ts, NULL);
+		uint64_t t0 = bench_now();
+		if (process) {
+			kill(pid, SIGTERM);
+			siginfo_t si;
+			while (waitid(P_PID, (id_t)pid, &si, WEXITED) < 0 && errno == EINTR)
+				;
+		} else {
+			atomic_store_explicit(&term_word, 1, memory_order_release);
+			syscall(SYS_futex, &term_word, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+			pthread_join(t, NULL);
+		}
+		uint64_t t1 = bench_now();
+		if (lp.measuring)
+			bench_samples_add(out, bench_ns(t1 - t0));
+	}
+	bench_shared_free(up, 4096);
+	return r;
+}
+
+#define TERM_GROUP "worker terminate to exit event (blocked in a wait)"
+
+static const struct term_param tp_thr = { FERRY_THREAD, 0, 0 };
+static const struct term_param tp_prc = { FERRY_PROCESS, FERRY_SPAWN_FORK, 0 };
+static const struct term_param tp_srv = { FERRY_PROCESS, FERRY_SPAWN_SERVER, 1 };
+
+static const struct bench_scenario term_scenarios[] = {
+	{ .id = "term.pthread", .group = TERM_GROUP, .order = 250, .name = "futex wake + pthread_join",
+	  .backend = "thread", .mode = "block", .run = run_term_floor, .arg = NULL },
+	{ .id = "term.fork", .group = TERM_GROUP, .order = 251, .name = "kill + waitid",
+	  .backend = "process", .mode = "block", .run = run_term_floor, .arg = "process" },
+	{ .id = "term.ferry.thread", .group = TERM_GROUP, .order = 252,
+	  .name = "ferry terminate, loop exit", .backend = "thread", .mode = "block",
+	  .floor = "term.pthread", .run = run_term, .arg = &tp_thr },
+	{ .id = "term.ferry.process", .group = TERM_GROUP, .order = 253,
+	  .name = "ferry terminate, loop exit", .backend = "process", .mode = "block",
+	  .floor = "term.fork", .run = run_term, .arg = &tp_prc },
+	{ .id = "term.ferry.process.server", .group = TERM_GROUP, .order = 254,
+	  .name = "ferry terminate, fork server", .backend = "process", .mode = "block",
+	  .floor = "term.fork", .run = run_term, .arg = &tp_srv },
+};
+BENCH_REGISTER(term_scenarios)

@@ -5,6 +5,9 @@
  * task's slot); and tasks per second through a pool of two workers, with
  * Node's piscina beside it when node and the piscina package are installed.
  * All through the public API (ferry/pool.h), in the default wait mode.
+ * piscina is the version bench/node/package-lock.json pins, installed by
+ * `sh bench/node/setup.sh <build dir>/node` (found as node_bench.c says);
+ * without it the row is skipped with a note.
  */
 #include "bench.h"
 
@@ -16,8 +19,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #define POOL_GROUP "pool, empty task"
@@ -250,55 +251,23 @@ static const char piscina_main[] =
 
 static const char piscina_task[] = "module.exports = () => 0;\n";
 
-static int write_file(const char *path, const char *text)
-{
-	FILE *f = fopen(path, "w");
-	if (!f)
-		return -errno;
-	int r = fputs(text, f) < 0 ? -EIO : 0;
-	if (fclose(f) && !r)
-		r = -EIO;
-	return r;
-}
+/* In node_bench.c: run a Node script, one sample per line it prints. */
+struct bench_node_file {
+	const char *name;
+	const char *text;
+};
+int bench_node_run(struct bench_ctx *ctx, const struct bench_node_file *files, size_t nfiles,
+		   const char *args, struct bench_samples *out);
 
 static int run_piscina(struct bench_ctx *ctx, const struct pb_param *prm, struct bench_samples *out)
 {
-	char dir[] = "/tmp/ferry-piscina-XXXXXX";
-	if (!mkdtemp(dir))
-		return bench_fail(ctx, -errno, "mkdtemp");
-	char mainp[64], taskp[64], cmd[512];
-	snprintf(mainp, sizeof mainp, "%s/main.js", dir);
-	snprintf(taskp, sizeof taskp, "%s/task.js", dir);
-	int r = write_file(mainp, piscina_main);
-	if (r == 0)
-		r = write_file(taskp, piscina_task);
-	int rounds = ctx->quick ? 5 : 20;
-	/* Global packages are found through NODE_PATH as npm sets it up. */
-	snprintf(cmd, sizeof cmd,
-		 "command -v node >/dev/null 2>&1 || exit 78; "
-		 "NODE_PATH=\"${NODE_PATH:+$NODE_PATH:}$(npm root -g 2>/dev/null)\" "
-		 "timeout %d node %s %d %d 2>/dev/null",
-		 (int)(ctx->peer_timeout_ns / 1000000000) * 4 + 30, mainp, RATE_BATCH, rounds);
-	FILE *f = r == 0 ? popen(cmd, "r") : NULL;
-	if (r == 0 && !f)
-		r = -errno;
-	char line[64];
-	while (f && fgets(line, sizeof line, f))
-		bench_samples_add(out, strtod(line, NULL));
-	int st = f ? pclose(f) : 0;
-	unlink(mainp);
-	unlink(taskp);
-	rmdir(dir);
-	if (r)
-		return bench_fail(ctx, r, "writing the piscina script");
-	int code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-	if (code == 78)
-		return bench_failx(ctx, -ENOENT, "skipped: node is not installed");
-	if (code == 77)
-		return bench_failx(ctx, -ENOENT, "skipped: the npm package piscina is not installed");
-	if (code != 0 || out->n == 0)
-		return bench_failx(ctx, -EPROTO, "the piscina script failed (exit %d)", code);
-	return 0;
+	(void)prm;
+	/* piscina comes from bench/node/setup.sh's install (bench_node_run sets
+	 * NODE_PATH to it), else from NODE_PATH as the caller set it. */
+	const struct bench_node_file files[] = { { "main.js", piscina_main }, { "task.js", piscina_task } };
+	char args[64];
+	snprintf(args, sizeof args, "%d %d", RATE_BATCH, ctx->quick ? 5 : 20);
+	return bench_node_run(ctx, files, 2, args, out);
 }
 
 static int run_pool(struct bench_ctx *ctx, const struct bench_scenario *s, struct bench_samples *out)

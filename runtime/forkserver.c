@@ -722,6 +722,7 @@ static void stop_server(int sock, int pidfd, pid_t pid, int reaped)
 
 FERRY_API void ferry_fini(void)
 {
+	ferry_trim();
 	pthread_mutex_lock(&fs_lock);
 	if (fs.sock < 0) {
 		pthread_mutex_unlock(&fs_lock);

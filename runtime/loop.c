@@ -19,6 +19,7 @@
  *             list for the next iteration, one that is not arms a wait.
  */
 #include "runtime/loop_int.h"
+#include "shm/cancel.h"
 #include "shm/err.h"
 
 #include <errno.h>
@@ -535,6 +536,7 @@ FERRY_API int ferry_loop_create(ferry_loop **out, const struct ferry_loop_opts *
 	if (!loop)
 		return ferry__fail(-ENOMEM, "ferry_loop_create: out of memory");
 	loop->pid = getpid();
+	loop->creator = pthread_self();
 	loop->ready.next = loop->ready.prev = &loop->ready;
 	int r = pthread_mutex_init(&loop->mu, NULL);
 	if (r) {
@@ -619,6 +621,62 @@ FERRY_API const char *ferry_loop_backend(const ferry_loop *loop)
 	return loop ? loop->be->name : "";
 }
 
+/* The stop flag of the thread worker running the loop was set (or the wait
+ * failed: look anyway). The worker ends here, as at any ferry wait; the
+ * loop is marked idle first so that the worker's cleanup may destroy it. */
+static void arm_cancel(ferry_loop *loop);
+
+/* The loop a terminated worker thread was running, when it created it. */
+static _Thread_local ferry_loop *ended_loop;
+
+void ferry__loop_thread_end(void)
+{
+	ferry_loop *loop = ended_loop;
+	ended_loop = NULL;
+	ferry_loop_destroy(loop);
+}
+
+static void on_cancel(ferry_loop *loop, uint64_t id, int res, void *arg)
+{
+	loop->cancel_id = 0;
+	loop->cancel_flag = NULL;
+	if (!ferry__cancel_flag || !atomic_load_explicit(ferry__cancel_flag, memory_order_acquire)) {
+		if (res == 0 || res == -EAGAIN)
+			arm_cancel(loop); /* spurious: wait again */
+		return;
+	}
+	free_zombies(loop);
+	loop->running = 0;
+	atomic_store(&loop->busy, 0);
+	/* Nothing of the worker can use it any more: it goes with the thread.
+	 * One made by another thread stays its creator's to destroy. */
+	if (pthread_equal(loop->creator, pthread_self()))
+		ended_loop = loop;
+	ferry__cancel_point();
+	ended_loop = NULL; /* not ended after all */
+}
+
+/* On a thread worker (a cancellation flag is armed on this thread), keep an
+ * unreferenced async wait on that flag: ferry_worker_terminate sets and
+ * notifies it, and the loop's kernel wait returns. */
+static void arm_cancel(ferry_loop *loop)
+{
+	atomic_int *f = ferry__cancel_flag;
+	if (loop->cancel_flag == f && (!f || loop->cancel_id))
+		return;
+	if (loop->cancel_id)
+		ferry_loop_cancel(loop, loop->cancel_id);
+	loop->cancel_id = 0;
+	loop->cancel_flag = f;
+	if (!f)
+		return;
+	uint64_t id;
+	if (ferry_wait_async(loop, (uint32_t *)(void *)f, 0, FERRY_FOREVER, on_cancel, NULL, &id))
+		return; /* the slices of other waits still apply */
+	ferry_loop_ref(loop, id, 0);
+	loop->cancel_id = id;
+}
+
 FERRY_API int ferry_loop_run(ferry_loop *loop, int mode)
 {
 	if (!loop)
@@ -630,6 +688,7 @@ FERRY_API int ferry_loop_run(ferry_loop *loop, int mode)
 	if (atomic_exchange(&loop->busy, 1))
 		return ferry__fail(-EBUSY, "ferry_loop_run: the loop is already running");
 	loop->running = 1;
+	arm_cancel(loop);
 	uint64_t calls0 = loop->ncalls;
 	int err = 0;
 	for (;;) {

@@ -143,7 +143,17 @@ struct ferry_loop {
 	atomic_uint signalled;
 	atomic_uint stop;
 	atomic_int busy; /* ferry_loop_run entered */
+
+	/* On a thread worker: a wait on its stop flag, so that a terminate
+	 * ends a worker blocked in its loop (see ferry_loop_run). */
+	atomic_int *cancel_flag;
+	uint64_t cancel_id;
+	pthread_t creator; /* the thread that created the loop */
 };
+
+/* Worker thread cleanup (runtime/worker.c): destroy the loop that this
+ * thread created and was running when it was terminated, if any. */
+void ferry__loop_thread_end(void);
 
 /* ---- entry points for the backends (loop thread) ---- */
 

@@ -26,6 +26,7 @@
  * manager has stopped).
  */
 #include "ferry/buf.h"
+#include "ferry/loop.h"
 #include "ferry/value.h"
 #include "ports/port_int.h"
 #include "runtime/pool_int.h"
@@ -133,6 +134,10 @@ struct ferry_pool_task {
 	ferry_pool_done_fn cb;
 	void *cb_arg;
 	struct ferry_pool_task *cb_next;
+	ferry_loop *loop;        /* the callback runs there (NULL: the manager) */
+	/* On the loop's thread only (ordered by its post queue): */
+	uint64_t keep_id;        /* the timer that keeps the loop alive meanwhile */
+	int lp_done;             /* the callback was delivered */
 	char text[POOL_TEXT];    /* last: a reused handle clears up to here */
 };
 
@@ -152,6 +157,14 @@ struct ferry_pool {
 	void *drain_arg;
 	unsigned char *wcfg; /* struct pool_wcfg + the pool's data */
 	size_t wcfg_len;
+	/* workerData as a value (opts.value): the pool's clone, as the
+	 * message that owns its buffer handles and the graph taken from it,
+	 * inside [shared layout handle, value] for process workers. */
+	ferry_msg *wd_msg;
+	ferry_value *wd_arr;
+	size_t stack_size;
+	uint64_t max_as, max_nofile;
+	int spawn;
 	/* shared */
 	ferry_buf *shbuf;
 	ferry_value *shval; /* workerData of process workers: the shared handle */
@@ -294,6 +307,49 @@ static struct ferry_pool_task *task_alloc(struct ferry_pool *p)
 
 /* ---- settling ---- */
 
+/* Completion callbacks on a loop (ferry_pool_submit_opts.loop). Two posts
+ * per task, both run on the loop's thread in post order: loop_keep (posted
+ * by submit) adds a timer that keeps the loop alive until loop_deliver
+ * (posted when the task settles) cancels it and runs the callback. The post
+ * queue is one FIFO, but the settle may beat submit's post of loop_keep:
+ * lp_done tells loop_keep it came too late. */
+
+#define KEEP_PERIOD_NS (3600LL * 1000 * 1000 * 1000)
+
+static void keep_tick(ferry_loop *loop, uint64_t id, int res, void *arg)
+{
+	(void)loop, (void)id, (void)res, (void)arg; /* only keeps the loop alive */
+}
+
+static void loop_keep(ferry_loop *loop, uint64_t id, int res, void *arg)
+{
+	struct ferry_pool_task *t = arg;
+	(void)id;
+	/* res -ECANCELED: the loop is being destroyed; nothing to keep. */
+	if (res == 0 && !t->lp_done &&
+	    ferry_loop_timer(loop, KEEP_PERIOD_NS, KEEP_PERIOD_NS, keep_tick, NULL, &t->keep_id))
+		t->keep_id = 0; /* out of memory: the callback still comes */
+	task_unref(t); /* loop_keep's reference */
+}
+
+static void loop_deliver(ferry_loop *loop, uint64_t id, int res, void *arg)
+{
+	struct ferry_pool_task *t = arg;
+	(void)id;
+	t->lp_done = 1;
+	if (t->keep_id && res == 0)
+		ferry_loop_cancel(loop, t->keep_id);
+	t->keep_id = 0;
+	t->cb(t, t->cb_arg);
+	task_unref(t); /* the callback's reference */
+}
+
+/* 0, or the post failed (out of memory): the manager retries. */
+static int post_to_loop(struct ferry_pool_task *t)
+{
+	return ferry_loop_post(t->loop, loop_deliver, t);
+}
+
 static void queue_callback(struct ferry_pool *p, struct ferry_pool_task *t)
 {
 	pthread_mutex_lock(&p->lock);
@@ -347,8 +403,8 @@ static void settle(struct ferry_pool *p, struct ferry_pool_task *t, uint32_t slo
 	atomic_store_explicit(&t->state, T_SETTLED, memory_order_release);
 	ferry_ec_notify(&p->g.slots[slot].ec);
 	ferry_ec_notify(&p->g.hdr->done_ec);
-	if (t->cb)
-		queue_callback(p, t);
+	if (t->cb && (!t->loop || post_to_loop(t)))
+		queue_callback(p, t); /* the manager's, or a post to retry */
 }
 
 /* A message for a worker that ended; @pw->err holds its last ERROR event. */
@@ -545,14 +601,26 @@ static int spawn_worker(struct ferry_pool *p, unsigned seat)
 	}
 	char name[64];
 	snprintf(name, sizeof name, "%s-%u", p->name, no);
+	/* workerData: a process worker gets the shared layout through it (with
+	 * the pool's value beside it when there is one); a thread worker gets
+	 * the layout in cfg and the pool's value alone. */
+	const ferry_value *wd;
+	if (p->backend == FERRY_PROCESS)
+		wd = p->wd_arr ? p->wd_arr : p->shval;
+	else
+		wd = p->wd_arr ? ferry_value_array_get(p->wd_arr, 1) : NULL;
 	struct ferry_worker_opts wo = {
 		.backend = p->backend,
 		.entry = ferry__pool_worker_main,
 		.data = p->wcfg,
 		.data_len = p->wcfg_len,
-		.value = p->backend == FERRY_PROCESS ? p->shval : NULL,
+		.value = wd,
 		.name = name,
 		.arg = p->user,
+		.stack_size = p->stack_size,
+		.max_address_space = p->max_as,
+		.max_open_files = p->max_nofile,
+		.spawn = p->spawn,
 	};
 	ferry_worker *w;
 	int rc = ferry_worker_spawn(&w, &wo);
@@ -851,8 +919,11 @@ static int64_t watch_times(struct ferry_pool *p, int64_t now)
 	return next;
 }
 
-static void run_callbacks(struct ferry_pool *p)
+/* Run the queued callbacks (and retry the posts of loop callbacks that
+ * failed: @final, at destroy, runs those here if the post fails again). */
+static void run_callbacks(struct ferry_pool *p, int final)
 {
+	struct ferry_pool_task *retry = NULL, **rtail = &retry;
 	for (;;) {
 		pthread_mutex_lock(&p->lock);
 		struct ferry_pool_task *t = p->cbq_head;
@@ -863,9 +934,22 @@ static void run_callbacks(struct ferry_pool *p)
 		}
 		pthread_mutex_unlock(&p->lock);
 		if (!t)
-			return;
+			break;
+		if (t->loop && post_to_loop(t) == 0)
+			continue;
+		if (t->loop && !final) {
+			t->cb_next = NULL;
+			*rtail = t;
+			rtail = &t->cb_next;
+			continue;
+		}
 		t->cb(t, t->cb_arg);
 		task_unref(t); /* the callback's reference */
+	}
+	while (retry) { /* back in the queue for the next pass */
+		struct ferry_pool_task *t = retry;
+		retry = t->cb_next;
+		queue_callback(p, t);
 	}
 }
 
@@ -954,7 +1038,7 @@ static int64_t mgr_pass(struct ferry_pool *p)
 	int64_t next = p->next_times;
 	if (next && next < now + 1000000)
 		next = now + 1000000;
-	run_callbacks(p);
+	run_callbacks(p, 0);
 	balance(p, now);
 	/* Drain notification. */
 	uint64_t tail = atomic_load_explicit(&g->q->tail, memory_order_acquire);
@@ -1050,6 +1134,19 @@ static int resolve(struct ferry_pool *p, const struct ferry_pool_opts *o)
 	if (o->data_len > FERRY_WORKER_DATA_MAX - sizeof(struct pool_wcfg))
 		return ferry__fail(-EINVAL, "ferry_pool_create: opts.data_len %zu is above %zu", o->data_len,
 				   FERRY_WORKER_DATA_MAX - sizeof(struct pool_wcfg));
+	if (o->stack_size && o->stack_size < (size_t)PTHREAD_STACK_MIN)
+		return ferry__fail(-EINVAL, "ferry_pool_create: opts.stack_size %zu is below the minimum %zu",
+				   o->stack_size, (size_t)PTHREAD_STACK_MIN);
+	if (o->backend == FERRY_THREAD && (o->max_address_space || o->max_open_files))
+		return ferry__fail(-EINVAL, "ferry_pool_create: opts.%s applies to process workers only",
+				   o->max_address_space ? "max_address_space" : "max_open_files");
+	if (o->spawn != FERRY_SPAWN_AUTO && o->spawn != FERRY_SPAWN_FORK && o->spawn != FERRY_SPAWN_SERVER)
+		return ferry__fail(-EINVAL, "ferry_pool_create: opts.spawn %d is not a ferry_spawn", o->spawn);
+	if (o->backend == FERRY_THREAD && o->spawn != FERRY_SPAWN_AUTO)
+		return ferry__fail(-EINVAL, "ferry_pool_create: opts.spawn applies to process workers only");
+	if (o->spawn == FERRY_SPAWN_SERVER && o->arg)
+		return ferry__fail(-EINVAL, "ferry_pool_create: opts.arg must be NULL with FERRY_SPAWN_SERVER "
+					    "(a worker started by the fork server cannot see the caller's memory)");
 	int rc;
 	if ((rc = check_time("idle_timeout_ns", o->idle_timeout_ns, 1)) ||
 	    (rc = check_time("queue_wait_ns", o->queue_wait_ns, 1)) ||
@@ -1091,6 +1188,10 @@ static int resolve(struct ferry_pool *p, const struct ferry_pool_opts *o)
 	p->user = o->arg;
 	p->on_drain = o->on_drain;
 	p->drain_arg = o->drain_arg;
+	p->stack_size = o->stack_size;
+	p->max_as = o->max_address_space;
+	p->max_nofile = o->max_open_files;
+	p->spawn = o->spawn;
 	if (p->task_timeout_ns)
 		atomic_store_explicit(&p->timeouts_used, 1, memory_order_relaxed);
 	return 0;
@@ -1176,14 +1277,42 @@ static int make_layout(struct ferry_pool *p, const struct ferry_pool_opts *o)
 	cfg->concurrency = (uint32_t)p->conc;
 	cfg->backend = (uint32_t)p->backend;
 	cfg->spin_ns = p->spin_ns;
+	cfg->stack_size = p->stack_size;
 	cfg->data_len = o->data_len;
 	if (o->data_len)
 		memcpy(p->wcfg + sizeof *cfg, o->data, o->data_len);
 	return 0;
 }
 
+static int stash_value(struct ferry_pool *p, const ferry_value *v, const struct ferry_xfer *x,
+		       ferry_msg **out);
+
+/* The pool's clone of opts.value, wrapped as [layout handle, value]. */
+static int make_worker_value(struct ferry_pool *p, const ferry_value *v)
+{
+	int rc = stash_value(p, v, NULL, &p->wd_msg);
+	if (rc)
+		return ferry__fail(rc, "ferry_pool_create: opts.value cannot be cloned: %s", ferry_errmsg());
+	/* The graph is ours now; its handles stay the message's (freed last). */
+	ferry_value *g = ferry_msg_take_value(p->wd_msg);
+	p->wd_arr = ferry_value_array();
+	if (!p->wd_arr) {
+		ferry_value_free(g);
+		return ferry__fail(-ENOMEM, "ferry_pool_create: out of memory");
+	}
+	/* A push adds to the array's graph even when it fails: no leak. */
+	rc = ferry_value_array_push(p->wd_arr, ferry_value_handle(FERRY_VALUE_SHARED, p->shbuf));
+	if (ferry_value_array_push(p->wd_arr, g) || rc || !g)
+		return ferry__fail(-ENOMEM, "ferry_pool_create: out of memory");
+	return 0;
+}
+
 static void release_shared(struct ferry_pool *p)
 {
+	ferry_value_free(p->wd_arr); /* before the message that owns its handles */
+	p->wd_arr = NULL;
+	ferry_msg_free(p->wd_msg);
+	p->wd_msg = NULL;
 	if (p->ps)
 		for (uint32_t i = 0; i < p->g.nslots; i++) {
 			ferry_msg_free(p->ps[i].stash);
@@ -1219,6 +1348,8 @@ FERRY_API int ferry_pool_create(ferry_pool **out, const struct ferry_pool_opts *
 	int rc = resolve(p, o);
 	if (rc == 0)
 		rc = make_layout(p, o);
+	if (rc == 0 && o->value)
+		rc = make_worker_value(p, o->value);
 	/* The first workers start here, from the caller's thread (a process
 	 * worker forked before the manager thread exists forks a parent with
 	 * one thread less). */
@@ -1316,6 +1447,8 @@ FERRY_API int ferry_pool_submit_ex(ferry_pool *p, const ferry_value *v, const st
 	if (so && so->timeout_ns < 0 && so->timeout_ns != FERRY_FOREVER)
 		return ferry__fail(-EINVAL, "ferry_pool_submit: opts.timeout_ns %lld is negative",
 				   (long long)so->timeout_ns);
+	if (so && so->loop && !so->done)
+		return ferry__fail(-EINVAL, "ferry_pool_submit: opts.loop without opts.done");
 	int xhandles = x && (x->nbufs || x->nports);
 	struct ferry_pool_task *t = task_alloc(p);
 	if (!t)
@@ -1360,8 +1493,12 @@ FERRY_API int ferry_pool_submit_ex(ferry_pool *p, const ferry_value *v, const st
 	t->gen = gen;
 	t->cb = so ? so->done : NULL;
 	t->cb_arg = so ? so->done_arg : NULL;
+	t->loop = t->cb ? so->loop : NULL;
+	t->keep_id = 0;
+	t->lp_done = 0;
 	atomic_init(&t->state, T_PENDING);
-	atomic_init(&t->refs, 1 + (out != NULL) + (t->cb != NULL));
+	/* the slot, the caller's handle, the callback, loop_keep's post */
+	atomic_init(&t->refs, 1 + (out != NULL) + (t->cb != NULL) + (t->loop != NULL));
 	atomic_fetch_add_explicit(&p->refs, 1, memory_order_relaxed);
 	int64_t tmo = so && so->timeout_ns ? (so->timeout_ns < 0 ? 0 : so->timeout_ns) : p->task_timeout_ns;
 	if (tmo)
@@ -1403,6 +1540,11 @@ FERRY_API int ferry_pool_submit_ex(ferry_pool *p, const ferry_value *v, const st
 			return ferry__fail(-EAGAIN, "ferry_pool_submit: the queue is full");
 		}
 	}
+	/* Keep the loop alive until the callback ran. Posted now that the task
+	 * cannot be taken back; if the post fails the callback still comes,
+	 * only a FERRY_RUN_DEFAULT run may end before it. */
+	if (t->loop && ferry_loop_post(t->loop, loop_keep, t))
+		task_unref(t);
 	/* seq_cst in pool_spinning: against a spinner giving up (see there). */
 	if (!pool_spinning(p->g.hdr))
 		ferry_ec_notify(&p->g.q->not_empty);
@@ -1598,9 +1740,18 @@ FERRY_API void ferry_pool_task_free(ferry_pool_task *t)
 
 /* ---- the pool ---- */
 
-static int drained(struct ferry_pool *p)
+static int drained(struct ferry_pool *p, int outcomes)
 {
 	if (ferry__pool_q_len(&p->g))
+		return 0;
+	/* A slot a worker finished is free again before the collector settles
+	 * its task: for ferry_pool_drain, drained means every task submitted so
+	 * far has its outcome (and is in the statistics), so count them too.
+	 * (Destroy only waits for the running ones: it settles the rest.) */
+	uint64_t out = atomic_load_explicit(&p->completed, memory_order_acquire) +
+		       atomic_load_explicit(&p->failed, memory_order_acquire) +
+		       atomic_load_explicit(&p->cancelled, memory_order_acquire);
+	if (outcomes && out < atomic_load_explicit(&p->submitted, memory_order_acquire))
 		return 0;
 	for (uint32_t i = 0; i < p->g.nslots; i++) {
 		uint64_t w = atomic_load_explicit(&p->g.slots[i].word, memory_order_acquire);
@@ -1611,12 +1762,12 @@ static int drained(struct ferry_pool *p)
 	return 1;
 }
 
-static int wait_drained(struct ferry_pool *p, int64_t timeout_ns)
+static int wait_drained(struct ferry_pool *p, int64_t timeout_ns, int outcomes)
 {
 	struct pool_hdr *h = p->g.hdr;
 	int64_t deadline = timeout_ns < 0 ? INT64_MAX : now_ns() + timeout_ns;
 	for (;;) {
-		if (drained(p))
+		if (drained(p, outcomes))
 			return 0;
 		int64_t left = deadline - now_ns();
 		if (timeout_ns == 0)
@@ -1624,7 +1775,7 @@ static int wait_drained(struct ferry_pool *p, int64_t timeout_ns)
 		if (left <= 0)
 			return -ETIMEDOUT;
 		uint32_t key = ferry_ec_prepare(&h->done_ec);
-		if (drained(p)) {
+		if (drained(p, outcomes)) {
 			ferry_ec_cancel(&h->done_ec);
 			return 0;
 		}
@@ -1636,7 +1787,7 @@ FERRY_API int ferry_pool_drain(ferry_pool *p, int64_t timeout_ns)
 {
 	if (!p)
 		return ferry__fail(-EINVAL, "ferry_pool_drain: pool is NULL");
-	int rc = wait_drained(p, timeout_ns);
+	int rc = wait_drained(p, timeout_ns, 1);
 	if (rc)
 		return ferry__fail(rc, "ferry_pool_drain: tasks are still %s", ferry__pool_q_len(&p->g) ? "queued" : "running");
 	return 0;
@@ -1760,7 +1911,7 @@ FERRY_API void ferry_pool_destroy(ferry_pool *p, int64_t grace_ns)
 		}
 	}
 	/* 2. Running ones get the grace period (the manager keeps serving). */
-	wait_drained(p, grace_ns);
+	wait_drained(p, grace_ns, 0);
 	/* 3. The rest are failed and asked to stop. */
 	for (uint32_t i = 0; i < g->nslots; i++) {
 		uint64_t w = atomic_load_explicit(&g->slots[i].word, memory_order_acquire);
@@ -1777,7 +1928,7 @@ FERRY_API void ferry_pool_destroy(ferry_pool *p, int64_t grace_ns)
 	mgr_of_thread = p;
 	stop_workers(p);
 	harvest(p, 0, 0, 0);
-	run_callbacks(p);
+	run_callbacks(p, 1);
 	mgr_of_thread = NULL;
 	release_shared(p);
 	pool_unref(p);

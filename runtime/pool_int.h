@@ -189,6 +189,7 @@ struct pool_wcfg {
 	struct ferry_buf *shared; /* thread backend: its own handle of the parent's buffer */
 	uint32_t seat, worker_no, concurrency, backend;
 	int64_t spin_ns;
+	uint64_t stack_size; /* of the helper runner threads; 0 = default */
 	uint64_t data_len;
 };
 

@@ -35,6 +35,7 @@ struct wk {
 	ferry_port *port;
 	pthread_mutex_t port_mu; /* one runner at a time on the port */
 	const void *udata;
+	const ferry_value *uval; /* the pool's workerData value (the runtime's) */
 	void *user;
 	pid_t ppid;
 	_Atomic int dying;  /* the worker's own thread is leaving (worker exit) */
@@ -511,8 +512,17 @@ int ferry__pool_worker_main(ferry_worker_ctx *wctx)
 	 * parent's buffer (one mapping, and it keeps the memory alive if the
 	 * worker outlives the pool); a process worker got it as workerData. */
 	ferry_buf *shared = wk->cfg.shared;
-	if (wk->cfg.backend == FERRY_PROCESS)
-		shared = ferry_value_get_handle(ferry_worker_ctx_value(wctx), NULL);
+	const ferry_value *wd = ferry_worker_ctx_value(wctx);
+	if (wk->cfg.backend == FERRY_PROCESS) {
+		/* [layout, value] when the pool has a value, else the layout. */
+		if (ferry_value_kind(wd) == FERRY_VALUE_ARRAY) {
+			wk->uval = ferry_value_array_get(wd, 1);
+			wd = ferry_value_array_get(wd, 0);
+		}
+		shared = ferry_value_get_handle(wd, NULL);
+	} else {
+		wk->uval = wd;
+	}
 	if (!shared || ferry__pool_geo(&wk->g, ferry_buf_data(shared), ferry_buf_len(shared)) ||
 	    wk->cfg.seat >= wk->g.nseats) {
 		if (wk->cfg.backend == FERRY_THREAD)
@@ -523,9 +533,19 @@ int ferry__pool_worker_main(ferry_worker_ctx *wctx)
 	wk->seat = &wk->g.seats[wk->cfg.seat];
 	pthread_mutex_init(&wk->port_mu, NULL);
 	unsigned extra = wk->cfg.concurrency - 1;
+	pthread_attr_t attr, *ap = NULL;
+	if (extra && wk->cfg.stack_size && pthread_attr_init(&attr) == 0) {
+		ap = &attr;
+		if (pthread_attr_setstacksize(ap, (size_t)wk->cfg.stack_size)) {
+			pthread_attr_destroy(ap); /* checked at create; else the default */
+			ap = NULL;
+		}
+	}
 	for (; wk->nth < extra; wk->nth++)
-		if (pthread_create(&wk->th[wk->nth], NULL, runner, wk))
+		if (pthread_create(&wk->th[wk->nth], ap, runner, wk))
 			break; /* fewer runners: still correct, only slower */
+	if (ap)
+		pthread_attr_destroy(ap);
 	/* A task that ends this thread (ferry_worker_exit on a thread worker)
 	 * unwinds through worker_leave too. */
 	wk->main_ctx = calloc(1, sizeof *wk->main_ctx);
@@ -648,4 +668,9 @@ FERRY_API const void *ferry_pool_ctx_data(const ferry_pool_ctx *ctx, size_t *len
 FERRY_API void *ferry_pool_ctx_user(const ferry_pool_ctx *ctx)
 {
 	return ctx ? ctx->wk->user : NULL;
+}
+
+FERRY_API const ferry_value *ferry_pool_ctx_value(const ferry_pool_ctx *ctx)
+{
+	return ctx ? ctx->wk->uval : NULL;
 }

@@ -33,10 +33,13 @@
  * bumped; its next ferry wait or receive ends it.
  */
 #include "ferry/buf.h"
+#include "ferry/loop.h"
+#include "ferry/runtime.h"
 #include "ferry/value.h"
 #include "ferry/worker.h"
 #include "ports/port_int.h"
 #include "runtime/forkserver_int.h"
+#include "runtime/loop_int.h"
 #include "shm/cancel.h"
 #include "shm/err.h"
 
@@ -52,6 +55,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -91,10 +95,12 @@ struct ferry_worker {
 	/* thread backend */
 	pthread_t thread;
 	uint32_t done;               /* 0 running, 1 exited (futex word) */
+	struct ferry_ec exit_ec;     /* notified after done is set (loop watches) */
 	int exit_code;
 	int cancelled;               /* ended by a terminate */
 	int joined;
 	atomic_int stop;             /* terminate asked */
+	unsigned fork_gen;           /* fork generation when its channel was made */
 	/* process backend */
 	pid_t pid;
 	int pidfd;
@@ -194,10 +200,12 @@ static void thread_cleanup(void *arg)
 {
 	struct ferry_worker *w = arg;
 	ferry__cancel_flag = NULL;
+	ferry__loop_thread_end();
 	worker_end(w);
 	/* release: pairs with the acquire load in join_thread. */
 	atomic_store_explicit((_Atomic uint32_t *)&w->done, 1, memory_order_release);
 	ferry_notify_private(&w->done, FERRY_NOTIFY_ALL);
+	ferry_ec_notify(&w->exit_ec); /* a syscall only while a loop sleeps on it */
 	thread_worker = NULL;
 	worker_unref(w);
 }
@@ -368,11 +376,152 @@ FERRY_API int ferry_worker_throw(int err, const char *fmt, ...)
 	char text[256];
 	va_list ap;
 	va_start(ap, fmt);
-	vsnprintf(text, sizeof text, fmt ? fmt : "", ap);
+	text[0] = 0;
+	if (fmt)
+		vsnprintf(text, sizeof text, fmt, ap);
 	va_end(ap);
 	/* Bounded: a parent that never reads must not keep the worker alive. */
 	post_ctrl(w->ctx.port, CTRL_ERROR, err, text, 5LL * 1000000000);
 	return ferry_worker_exit(1);
+}
+
+/* ---- recycled channel segments (thread workers) ----
+ *
+ * A thread worker's channel lives entirely in this process. When the worker
+ * was joined and neither port travelled, its segment (the default size, its
+ * pages already allocated and mapped) is kept for the next thread worker
+ * instead of unmapped: the next start skips memfd_create, ftruncate,
+ * fallocate, sealing, mmap and the first-touch page faults, and the destroy
+ * skips the munmap. Only the segment's header and the two ring headers are
+ * reset. A segment that existed at a fork is never reused (the child has it
+ * mapped), and the cache is emptied in a forked child.
+ */
+#define SEG_CACHE 4
+
+static pthread_mutex_t seg_mu = PTHREAD_MUTEX_INITIALIZER;
+static ferry_seg *seg_cache[SEG_CACHE];
+static unsigned seg_n;
+static atomic_uint fork_gen;
+static pthread_once_t seg_once = PTHREAD_ONCE_INIT;
+
+static void seg_prepare(void)
+{
+	pthread_mutex_lock(&seg_mu);
+}
+
+static void seg_parent(void)
+{
+	atomic_fetch_add_explicit(&fork_gen, 1, memory_order_relaxed);
+	pthread_mutex_unlock(&seg_mu);
+}
+
+static void seg_child(void)
+{
+	atomic_fetch_add_explicit(&fork_gen, 1, memory_order_relaxed);
+	/* The parent goes on reusing them: the child only drops its mappings
+	 * and fds (malloc is usable again in a child's fork handler). */
+	while (seg_n)
+		ferry_seg_unref(seg_cache[--seg_n]);
+	pthread_mutex_unlock(&seg_mu);
+}
+
+static void seg_register(void)
+{
+	pthread_atfork(seg_prepare, seg_parent, seg_child);
+}
+
+static size_t default_seg_size(void)
+{
+	size_t rsz = ferry_ring_spsc_memsize(FERRY_CHANNEL_RING_DEFAULT);
+	rsz = (rsz + 63) & ~(size_t)63;
+	return 4096 + 2 * rsz;
+}
+
+/* The worker's channel for a thread worker: from the cache when one fits. */
+static int thread_channel(struct ferry_worker *w, const struct ferry_channel_opts *o)
+{
+	pthread_once(&seg_once, seg_register);
+	w->fork_gen = atomic_load_explicit(&fork_gen, memory_order_relaxed);
+	ferry_seg *seg = NULL;
+	if (!o->ring_bytes || o->ring_bytes == FERRY_CHANNEL_RING_DEFAULT) {
+		pthread_mutex_lock(&seg_mu);
+		if (seg_n)
+			seg = seg_cache[--seg_n];
+		pthread_mutex_unlock(&seg_mu);
+	}
+	if (!seg)
+		return ferry_channel(&w->port, &w->ctx.port, o);
+	struct chan_hdr *h = ferry_seg_data(seg);
+	int rc = 0;
+	for (int d = 0; d < 2 && rc == 0; d++) {
+		memset(&h->dir[d], 0, sizeof h->dir[d]);
+		rc = ferry_ring_spsc_init((ferry_ring_spsc *)((char *)h + h->ring_off[d]),
+					  h->ring_size[d]);
+	}
+	int sv[2];
+	if (rc == 0 && socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
+		rc = ferry__errno(-errno, "ferry_worker_spawn: socketpair");
+	if (rc) {
+		ferry_seg_unref(seg);
+		return rc;
+	}
+	rc = ferry__port_open(&w->port, seg, 0, sv[0]);
+	if (rc) {
+		close(sv[0]);
+		close(sv[1]);
+		ferry_seg_unref(seg);
+		return rc;
+	}
+	rc = ferry__port_open(&w->ctx.port, ferry_seg_ref(seg), 1, sv[1]);
+	if (rc) {
+		ferry_seg_unref(seg);
+		close(sv[1]);
+		ferry_port_destroy(w->port);
+		w->port = NULL;
+		return rc;
+	}
+	size_t max_message = o->max_message ? o->max_message : FERRY_MESSAGE_MAX_DEFAULT;
+	w->port->max_message = max_message;
+	w->ctx.port->max_message = max_message;
+	return 0;
+}
+
+FERRY_API void ferry_trim(void)
+{
+	ferry_seg *drop[SEG_CACHE];
+	pthread_mutex_lock(&seg_mu);
+	unsigned n = seg_n;
+	memcpy(drop, seg_cache, n * sizeof drop[0]);
+	seg_n = 0;
+	pthread_mutex_unlock(&seg_mu);
+	for (unsigned i = 0; i < n; i++)
+		ferry_seg_unref(drop[i]);
+}
+
+/* Before a joined thread worker's ports are destroyed: a reference to their
+ * segment if it can be reused (else NULL). */
+static ferry_seg *seg_keep(struct ferry_worker *w)
+{
+	ferry_port *a = w->port, *b = w->ctx.port;
+	if (!a || !b || a->detached || b->detached || a->seg != b->seg ||
+	    ferry_seg_size(a->seg) != default_seg_size() ||
+	    atomic_load_explicit(&fork_gen, memory_order_relaxed) != w->fork_gen)
+		return NULL;
+	return ferry_seg_ref(a->seg);
+}
+
+/* After both ports are gone: into the cache, or released. */
+static void seg_put(ferry_seg *seg, unsigned gen)
+{
+	if (!seg)
+		return;
+	pthread_mutex_lock(&seg_mu);
+	if (seg_n < SEG_CACHE && atomic_load_explicit(&fork_gen, memory_order_relaxed) == gen) {
+		seg_cache[seg_n++] = seg;
+		seg = NULL;
+	}
+	pthread_mutex_unlock(&seg_mu);
+	ferry_seg_unref(seg);
 }
 
 /* ---- spawning ---- */
@@ -539,7 +688,8 @@ FERRY_API int ferry_worker_spawn(ferry_worker **out, const struct ferry_worker_o
 		memcpy(w->ctx.data, o->data, o->data_len);
 		w->ctx.data_len = o->data_len;
 	}
-	int rc = ferry_channel(&w->port, &w->ctx.port, &o->channel);
+	int rc = o->backend == FERRY_THREAD ? thread_channel(w, &o->channel)
+					    : ferry_channel(&w->port, &w->ctx.port, &o->channel);
 	if (rc == 0) {
 		w->port->ctrl_fn = on_ctrl;
 		w->port->ctrl_arg = w;
@@ -598,10 +748,7 @@ static int reap(struct ferry_worker *w, int64_t timeout_ns)
 		w->status.code = WEXITSTATUS(st);
 	}
 	w->status.terminated = w->sent_term;
-	if (w->pidfd >= 0) {
-		close(w->pidfd);
-		w->pidfd = -1;
-	}
+	/* The pidfd stays open until destroy: a loop may be watching it. */
 	return 0;
 }
 
@@ -688,7 +835,10 @@ FERRY_API int ferry_worker_terminate(ferry_worker *w, int64_t grace_ns)
 		return 0;
 	/* release: pairs with the acquire load in ferry__cancel_point. */
 	atomic_store_explicit(&w->stop, 1, memory_order_release);
-	/* Wake a worker asleep in recv or in a blocked post on its port. */
+	/* Wake a worker asleep in any ferry wait (shm/atomic.c sleeps on the
+	 * flag too), and one asleep in recv or a blocked post on its port. */
+	ferry_notify_private((uint32_t *)(void *)&w->stop, FERRY_NOTIFY_ALL);
+	ferry_notify((uint32_t *)(void *)&w->stop, FERRY_NOTIFY_ALL); /* its loop's wait */
 	ferry_ec_notify(&w->port->txd->data_ec);
 	ferry_ec_notify(&w->port->rxd->space_ec);
 	int rc = join_thread(w, grace_ns);
@@ -766,6 +916,268 @@ FERRY_API int ferry_worker_next(ferry_worker *w, struct ferry_worker_event *ev, 
 	}
 }
 
+/* ---- events in a loop ----
+ *
+ * Three sources at most: an eventcount watch on the port's receive direction
+ * (messages and control records), the exit (a thread's exit_ec, or a
+ * process's pidfd), and a short timer while a fork server worker's status is
+ * still on its way (the pidfd shows the exit before the server reports it).
+ * pump() is the ferry_worker_next of the loop: it delivers what is there and
+ * returns when it would have to wait; the exit is delivered once the port
+ * is drained (its -EPIPE; or, for a process that is gone, its last record).
+ */
+
+enum {
+	WW_PORT_END = 1, /* the port gave -EPIPE (or can give nothing more) */
+	WW_EXITED = 2,   /* the worker has ended */
+};
+
+#define WW_RETRY_MIN_NS (20 * 1000)
+#define WW_RETRY_MAX_NS (5 * 1000 * 1000)
+
+static void ww_cancel(ferry_loop *loop, uint64_t *id)
+{
+	if (*id)
+		ferry_loop_cancel(loop, *id);
+	*id = 0;
+}
+
+static void ww_deliver(ferry_loop *loop, struct ferry_loop_worker_watch *ww,
+		       struct ferry_worker_event *ev)
+{
+	ww->cb(loop, ww->worker, ev, ww->arg);
+}
+
+static void ww_retry_cb(ferry_loop *loop, uint64_t id, int res, void *arg);
+
+/* Its status, once WW_EXITED: 0, -EAGAIN (a server worker's status is not
+ * in yet), or FERRY_EWORKER. */
+static int ww_status(struct ferry_worker *w)
+{
+	if (w->backend == FERRY_THREAD) {
+		if (!w->joined) {
+			/* done was read with acquire: exit_code and cancelled are
+			 * final. pthread_join is left to join or destroy. */
+			w->status.code = w->exit_code;
+			w->status.signal = 0;
+			w->status.terminated = w->cancelled;
+		}
+		return 0;
+	}
+	return w->reaped ? 0 : reap(w, 0);
+}
+
+static void pump(ferry_loop *loop, struct ferry_loop_worker_watch *ww)
+{
+	struct ferry_worker *w = ww->worker;
+	struct ferry_worker_event ev;
+	for (int i = 0; i < FERRY_LOOP_BATCH && ww->active; i++) {
+		memset(&ev, 0, sizeof ev);
+		if (w->online && !w->online_reported) {
+			w->online_reported = 1;
+			ev.type = FERRY_WORKER_ONLINE;
+			ww_deliver(loop, ww, &ev);
+			continue;
+		}
+		if (w->nerrors) {
+			ev.type = FERRY_WORKER_ERROR;
+			event_text(&ev, w->errors[0].err, w->errors[0].text);
+			memmove(&w->errors[0], &w->errors[1], --w->nerrors * sizeof w->errors[0]);
+			ww_deliver(loop, ww, &ev);
+			continue;
+		}
+		if (!(ww->state & WW_PORT_END)) {
+			ferry_msg *m;
+			int rc = ferry__port_recv_any(w->port, &m, 0);
+			if (rc == 0 && m->ctrl) {
+				on_ctrl(w, m);
+				ferry_msg_free(m);
+				continue;
+			}
+			if (rc == 0) {
+				ev.type = FERRY_WORKER_MESSAGE;
+				ev.msg = m;
+				ww_deliver(loop, ww, &ev);
+				continue;
+			}
+			if (rc == -EBADMSG || rc == -EMSGSIZE || rc == FERRY_EVERSION) {
+				ev.type = FERRY_WORKER_MESSAGEERROR;
+				event_text(&ev, rc, ferry_errmsg());
+				ww_deliver(loop, ww, &ev);
+				continue;
+			}
+			/* A process that is gone posts nothing more: what was in
+			 * the ring was all it fully posted. A thread closes its
+			 * port before its exit shows: -EPIPE comes. */
+			if (rc == -EAGAIN && !((ww->state & WW_EXITED) && w->backend == FERRY_PROCESS))
+				return;
+			ww->state |= WW_PORT_END;
+			ww_cancel(loop, &ww->msg_id);
+			if (rc != -EAGAIN && rc != -EPIPE) {
+				/* A corrupt ring (-EPROTO): the channel is closed; say
+				 * so, then wait for the exit. */
+				ev.type = FERRY_WORKER_MESSAGEERROR;
+				event_text(&ev, rc, ferry_errmsg());
+				ww_deliver(loop, ww, &ev);
+				continue;
+			}
+		}
+		if (!(ww->state & WW_EXITED) || ww->retry_id)
+			return;
+		int rc = ww_status(w);
+		if (rc == -EAGAIN) {
+			/* The server reports within microseconds of the exit. */
+			ww->retry_ns = ww->retry_ns ? ww->retry_ns * 2 : WW_RETRY_MIN_NS;
+			if (ww->retry_ns > WW_RETRY_MAX_NS)
+				ww->retry_ns = WW_RETRY_MAX_NS;
+			if (ferry_loop_timer(loop, ww->retry_ns, 0, ww_retry_cb, ww, &ww->retry_id) == 0)
+				return;
+			rc = ferry__fail(-ENOMEM, "ferry_loop_worker: \"%s\": out of memory waiting for "
+						  "its exit status", w->ctx.name);
+		}
+		ev.type = FERRY_WORKER_EXIT;
+		if (rc)
+			event_text(&ev, rc, ferry_errmsg());
+		else
+			w->exit_reported = 1;
+		ev.status = w->status;
+		ferry_loop_worker_stop(loop, ww);
+		ww_deliver(loop, ww, &ev);
+		return;
+	}
+}
+
+static int ww_msg_ready(void *arg)
+{
+	struct ferry_loop_worker_watch *ww = arg;
+	struct ferry_worker *w = ww->worker;
+	const void *rec;
+	size_t len;
+	if ((w->online && !w->online_reported) || w->nerrors)
+		return 1;
+	/* Any answer but "empty" means go and receive (a record, the close, a
+	 * corrupt ring). */
+	return ferry_ring_spsc_view_peek(&w->port->rxv, &rec, &len) != -EAGAIN ||
+	       ferry__port_closed(w->port);
+}
+
+static void ww_fail(ferry_loop *loop, struct ferry_loop_worker_watch *ww, int res)
+{
+	/* A source the kernel refused: no more events can be told. */
+	struct ferry_worker_event ev;
+	memset(&ev, 0, sizeof ev);
+	ev.type = FERRY_WORKER_ERROR;
+	event_text(&ev, res, ferry_errmsg());
+	ferry_loop_worker_stop(loop, ww);
+	ww_deliver(loop, ww, &ev);
+}
+
+static void ww_msg_cb(ferry_loop *loop, uint64_t id, int res, void *arg)
+{
+	struct ferry_loop_worker_watch *ww = arg;
+	if (res < 0) {
+		ww->msg_id = 0;
+		ww_fail(loop, ww, res);
+		return;
+	}
+	pump(loop, ww);
+}
+
+static int ww_thread_done(void *arg)
+{
+	struct ferry_loop_worker_watch *ww = arg;
+	/* acquire: pairs with the release store in thread_cleanup. */
+	return atomic_load_explicit((_Atomic uint32_t *)&ww->worker->done, memory_order_acquire) != 0;
+}
+
+static void ww_exit_cb(ferry_loop *loop, uint64_t id, int res, void *arg)
+{
+	struct ferry_loop_worker_watch *ww = arg;
+	if (res < 0 && ww->worker->backend == FERRY_THREAD) {
+		ww->exit_id = 0;
+		ww_fail(loop, ww, res);
+		return;
+	}
+	/* The thread's exit word is set, or the pidfd is readable (or failed:
+	 * the process is gone either way; its status says how). Once only. */
+	if (res >= 0)
+		ww_cancel(loop, &ww->exit_id);
+	ww->exit_id = 0;
+	ww->state |= WW_EXITED;
+	pump(loop, ww);
+}
+
+static void ww_retry_cb(ferry_loop *loop, uint64_t id, int res, void *arg)
+{
+	struct ferry_loop_worker_watch *ww = arg;
+	ww->retry_id = 0;
+	pump(loop, ww);
+}
+
+/* No pidfd (Linux < 5.3): the exit is polled, every millisecond. */
+static void ww_poll_cb(ferry_loop *loop, uint64_t id, int res, void *arg)
+{
+	struct ferry_loop_worker_watch *ww = arg;
+	struct ferry_worker *w = ww->worker;
+	if (!w->reaped && reap(w, 0) == -EAGAIN)
+		return;
+	ww_cancel(loop, &ww->exit_id);
+	ww->state |= WW_EXITED;
+	pump(loop, ww);
+}
+
+FERRY_API int ferry_loop_worker_start(ferry_loop *loop, struct ferry_loop_worker_watch *ww,
+				      struct ferry_worker *w, ferry_loop_worker_fn cb, void *arg)
+{
+	if (!loop || !ww || !w || !cb)
+		return ferry__fail(-EINVAL, "ferry_loop_worker_start: %s is NULL",
+				   !loop ? "loop" : !ww ? "watch" : !w ? "worker" : "cb");
+	if (ww->active)
+		return ferry__fail(-EINVAL, "ferry_loop_worker_start: the watch is already active");
+	if (!w->port || w->port->detached)
+		return ferry__fail(FERRY_EDETACHED,
+				   "ferry_loop_worker_start: the worker's port was transferred away");
+	memset(ww, 0, sizeof *ww);
+	ww->worker = w;
+	ww->cb = cb;
+	ww->arg = arg;
+	ww->active = 1;
+	int rc = ferry_loop_watch_ec(loop, &w->port->rxd->data_ec, ww_msg_ready, ww_msg_cb, ww,
+				     &ww->msg_id);
+	if (rc == 0) {
+		if (w->backend == FERRY_THREAD)
+			rc = ferry_loop_watch_ec(loop, &w->exit_ec, ww_thread_done, ww_exit_cb, ww,
+						 &ww->exit_id);
+		else if (w->reaped) { /* a first look now: nothing else may fire */
+			ww->state |= WW_EXITED;
+			rc = ferry_loop_timer(loop, 0, 0, ww_retry_cb, ww, &ww->retry_id);
+		} else if (w->pidfd >= 0)
+			rc = ferry_loop_fd(loop, w->pidfd, FERRY_LOOP_READABLE, ww_exit_cb, ww,
+					   &ww->exit_id);
+		else
+			rc = ferry_loop_timer(loop, 1000000, 1000000, ww_poll_cb, ww, &ww->exit_id);
+	}
+	if (rc) {
+		ww_cancel(loop, &ww->msg_id);
+		ww->active = 0;
+		return rc;
+	}
+	return 0;
+}
+
+FERRY_API int ferry_loop_worker_stop(ferry_loop *loop, struct ferry_loop_worker_watch *ww)
+{
+	if (!loop || !ww)
+		return ferry__fail(-EINVAL, "ferry_loop_worker_stop: %s is NULL", !loop ? "loop" : "watch");
+	if (!ww->active)
+		return 0;
+	ww->active = 0;
+	ww_cancel(loop, &ww->msg_id);
+	ww_cancel(loop, &ww->exit_id);
+	ww_cancel(loop, &ww->retry_id);
+	return 0;
+}
+
 FERRY_API int ferry_worker_online(const ferry_worker *w)
 {
 	return w ? w->online : 0;
@@ -806,12 +1218,24 @@ FERRY_API void ferry_worker_destroy(ferry_worker *w)
 		free(w);
 		return;
 	}
+	/* A thread that has ended (its exit word set) is joined at once: its
+	 * channel may then be reused. */
+	if (!w->joined && atomic_load_explicit((_Atomic uint32_t *)&w->done, memory_order_acquire))
+		join_thread(w, FERRY_FOREVER);
+	if (w->joined) {
+		ferry_seg *seg = seg_keep(w);
+		unsigned gen = w->fork_gen;
+		ferry_port_destroy(w->port);
+		w->port = NULL;
+		worker_unref(w); /* the last reference: destroys the worker's port */
+		seg_put(seg, gen);
+		return;
+	}
 	/* A running thread sees its port closed; it is detached and frees its
 	 * half of the handle when it ends. */
 	ferry_port_destroy(w->port);
 	w->port = NULL;
-	if (!w->joined)
-		pthread_detach(w->thread);
+	pthread_detach(w->thread);
 	worker_unref(w);
 }
 

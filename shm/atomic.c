@@ -71,6 +71,34 @@ static inline long sys_futex(uint32_t *uaddr, int op, uint32_t val, const struct
 	return syscall(SYS_futex, uaddr, op, val, ts, NULL, val3);
 }
 
+/*
+ * A thread worker that may be terminated sleeps on its word and on its stop
+ * flag at once (futex_waitv, Linux 5.16): ferry_worker_terminate sets the
+ * flag and wakes it, so the stop is seen at once, with no slices. Where
+ * futex_waitv is missing or forbidden, the sliced sleep below is the
+ * fallback. Returns like the futex syscall: 0 woken on @word, 1 woken on the
+ * stop flag, -1 with errno.
+ */
+#ifndef SYS_futex_waitv
+#define SYS_futex_waitv 449
+#endif
+struct cancel_waitv { /* the kernel's struct futex_waitv (stable ABI) */
+	uint64_t val, uaddr;
+	uint32_t flags, reserved;
+};
+#define CANCEL_FUTEX_U32 0x02u
+static atomic_int cancel_waitv_off; /* futex_waitv refused once: slices */
+
+static long cancel_futex(uint32_t *word, uint32_t expected, int flags, const struct timespec *abs)
+{
+	struct cancel_waitv wv[2] = {
+		{ expected, (uintptr_t)word,
+		  CANCEL_FUTEX_U32 | (uint32_t)(flags & FUTEX_PRIVATE_FLAG), 0 },
+		{ 0, (uintptr_t)ferry__cancel_flag, CANCEL_FUTEX_U32 | FUTEX_PRIVATE_FLAG, 0 },
+	};
+	return syscall(SYS_futex_waitv, wv, 2u, 0u, abs, CLOCK_MONOTONIC);
+}
+
 static int check_word(const uint32_t *word, const char *fn)
 {
 	if (FERRY_UNLIKELY(!word))
@@ -114,6 +142,30 @@ static int wait_word(uint32_t *word, uint32_t expected, int64_t timeout_ns, int 
 		 * looks at its stop flag between them (shm/cancel.h). */
 		struct timespec slice, *sp = absp;
 		int sliced = 0;
+		if (ferry__cancel_flag &&
+		    !atomic_load_explicit(&cancel_waitv_off, memory_order_relaxed)) {
+			ferry__cancel_point();
+			long r = cancel_futex(word, expected, flags, absp);
+			if (r == 0)
+				return 0;
+			if (r > 0)
+				continue; /* the stop flag: the cancel point ends us */
+			int e = errno;
+			if (e == ENOSYS || e == EPERM || e == EINVAL) {
+				atomic_store_explicit(&cancel_waitv_off, 1, memory_order_relaxed);
+				continue;
+			}
+			if (e == EAGAIN) /* the word, or the stop flag, differed */
+				ferry__cancel_point();
+			if (e == EINTR) {
+				if (deadline >= 0 && ferry__now_ns() >= deadline)
+					return -ETIMEDOUT;
+				continue;
+			}
+			if (e == EAGAIN || e == ETIMEDOUT)
+				return -e;
+			return ferry__errno(-e, "%s: futex_waitv on %p", fn, (void *)word);
+		}
 		if (ferry__cancel_flag) {
 			ferry__cancel_point();
 			int64_t until = ferry__now_ns() + FERRY_CANCEL_SLICE_NS;

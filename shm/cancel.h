@@ -7,8 +7,10 @@
  * a thread-local pointer to the flag, armed by the runtime on a worker
  * thread, and a handler the runtime installs to end the calling worker
  * (pthread_exit through its cleanup). A thread with no flag pays one TLS
- * load per wait. Waits on an armed thread sleep in slices of at most
- * FERRY_CANCEL_SLICE_NS so that even a wait with no deadline notices.
+ * load per wait. Waits on an armed thread sleep on the flag too
+ * (futex_waitv: the stop wakes them at once); where futex_waitv is missing
+ * they sleep in slices of at most FERRY_CANCEL_SLICE_NS so that even a wait
+ * with no deadline notices.
  */
 #ifndef FERRY_SHM_CANCEL_H
 #define FERRY_SHM_CANCEL_H

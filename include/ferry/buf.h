@@ -1,5 +1,6 @@
-/*
- * ferry/buf.h - buffers: the ArrayBuffer and SharedArrayBuffer of ferry.
+/**
+ * @file
+ * @brief Buffers: the ArrayBuffer and SharedArrayBuffer of ferry.
  *
  * A plain buffer (ArrayBuffer) referenced by a posted value is cloned: the
  * receiver gets a copy. Listed in the message's transfer list it moves
@@ -31,42 +32,52 @@
 extern "C" {
 #endif
 
+/** A buffer handle (opaque): a plain buffer or a handle to a shared one. */
 typedef struct ferry_buf ferry_buf;
 
-#define FERRY_BUF_SHARED 1u /* a SharedArrayBuffer: shared, never copied */
+#define FERRY_BUF_SHARED 1u /**< a SharedArrayBuffer: shared, never copied */
 
-/* Plain buffers this large or larger get a memfd segment of their own. */
+/** Plain buffers this large or larger get a memfd segment of their own. */
 #define FERRY_BUF_SEG_MIN ((size_t)64 * 1024)
-/* The largest buffer (1 TiB). */
+/** The largest buffer (1 TiB). */
 #define FERRY_BUF_MAX ((size_t)1 << 40)
 
-/*
- * ferry_buf_create - a zero-filled buffer of @len bytes (0 allowed).
- * @flags: 0 or FERRY_BUF_SHARED.
- * Ownership: on success *@out is the caller's (ferry_buf_free); on failure
- *   NULL.
- * Returns: 0, -EINVAL (NULL out, unknown flags, len above FERRY_BUF_MAX),
+/**
+ * A zero-filled buffer of @p len bytes (0 allowed).
+ *
+ * @param out receives the buffer.
+ * @param len its length in bytes.
+ * @param flags 0 or FERRY_BUF_SHARED.
+ * @par Ownership
+ *   on success *out is the caller's (ferry_buf_free); on failure NULL.
+ * @return 0, -EINVAL (NULL out, unknown flags, len above FERRY_BUF_MAX),
  *   -ENOMEM, -ENOSPC, -EMFILE.
  */
 FERRY_API int ferry_buf_create(ferry_buf **out, size_t len, unsigned flags);
 
-/* The bytes (writable; never NULL unless detached) and their length
- * (0 when detached). NULL @buf gives NULL / 0. */
+/** The bytes (writable; never NULL unless detached). NULL @p buf gives NULL. */
 FERRY_API void *ferry_buf_data(const ferry_buf *buf);
+/** The length in bytes (0 when detached). NULL @p buf gives 0. */
 FERRY_API size_t ferry_buf_len(const ferry_buf *buf);
 
-/* 1 if @buf is shared / detached (transferred away), 0 if not, -EINVAL for NULL. */
+/** Whether @p buf is shared.
+ * @return 1 if shared, 0 if not, -EINVAL for NULL. */
 FERRY_API int ferry_buf_is_shared(const ferry_buf *buf);
+/** Whether @p buf is detached (transferred away).
+ * @return 1 if detached, 0 if not, -EINVAL for NULL. */
 FERRY_API int ferry_buf_is_detached(const ferry_buf *buf);
 
-/*
- * ferry_buf_share - another handle to the same shared buffer (in this
- * process). Returns: 0, -EINVAL (NULL, not shared), FERRY_EDETACHED, -ENOMEM.
+/**
+ * Another handle to the same shared buffer (in this process).
+ *
+ * @param buf a shared buffer.
+ * @param out receives the new handle (the caller's: ferry_buf_free).
+ * @return 0, -EINVAL (NULL, not shared), FERRY_EDETACHED, -ENOMEM.
  */
 FERRY_API int ferry_buf_share(ferry_buf *buf, ferry_buf **out);
 
-/* ferry_buf_free - free the handle (a shared buffer's memory goes with its
- * last handle). NULL ok; a detached handle is freed too. */
+/** Free the handle (a shared buffer's memory goes with its last handle).
+ * NULL ok; a detached handle is freed too. */
 FERRY_API void ferry_buf_free(ferry_buf *buf);
 
 #ifdef __cplusplus

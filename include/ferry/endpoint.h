@@ -1,5 +1,6 @@
-/*
- * ferry/endpoint.h - named endpoints: a port between unrelated processes.
+/**
+ * @file
+ * @brief Named endpoints: a port between unrelated processes.
  *
  * A listener owns a name; every client that connects to the name and passes
  * authentication gets a fresh channel of its own: the listener keeps one port
@@ -7,6 +8,7 @@
  * returns it). After that the two ports are ordinary ports; the listener and
  * its name play no further part, and closing the listener leaves them open.
  *
+ * @code
  *     server                                   client
  *     ferry_listen(&l, "calc", NULL);
  *     for (;;) {                               ferry_connect(&p, "calc", NULL, 5 s);
@@ -14,9 +16,10 @@
  *         ... talk on p ...                    ferry_port_recv(p, ...);
  *     }                                        ferry_port_destroy(p);
  *     ferry_listener_destroy(l);
+ * @endcode
  *
  * Names. By default a name lives in Linux's abstract socket namespace: the
- * address is "\0ferry/<name>" (no file, gone with the listener's socket,
+ * address is `"\0ferry/<name>"` (no file, gone with the listener's socket,
  * nothing to clean up after a crash; visible within one network namespace).
  * With FERRY_ENDPOINT_PATH the name is a filesystem path instead: the socket
  * file is created with mode 0600 (or opts->mode), never replaces anything but
@@ -82,18 +85,21 @@
 extern "C" {
 #endif
 
+/** A listening endpoint (opaque). */
 typedef struct ferry_listener ferry_listener;
 
+/** Where a name lives. */
 enum ferry_endpoint_ns {
-	FERRY_ENDPOINT_ABSTRACT = 0, /* default: the abstract address "\0ferry/<name>" */
-	FERRY_ENDPOINT_PATH = 1,     /* the name is a filesystem path */
+	FERRY_ENDPOINT_ABSTRACT = 0, /**< default: the abstract address `"\0ferry/<name>"` */
+	FERRY_ENDPOINT_PATH = 1,     /**< the name is a filesystem path */
 };
 
-/* Longest abstract name (bytes), and longest path (bytes, without the NUL). */
+/** Longest abstract name (bytes). */
 #define FERRY_ENDPOINT_NAME_MAX 101
+/** Longest path (bytes, without the NUL). */
 #define FERRY_ENDPOINT_PATH_MAX 107
 
-/*
+/**
  * A listener's extra check, after the uid check passed: the client's pid, uid
  * and gid from SO_PEERCRED (as of its connect; the pid is 0 when the client
  * lives in a pid namespace this process cannot see, and a client that died
@@ -105,29 +111,36 @@ enum ferry_endpoint_ns {
  */
 typedef int (*ferry_endpoint_check_fn)(pid_t pid, uid_t uid, gid_t gid, void *arg);
 
+/** Options of ferry_listen; zero fields mean defaults. */
 struct ferry_listen_opts {
-	enum ferry_endpoint_ns ns;      /* 0 = abstract */
-	unsigned mode;                  /* path mode: the socket file's permissions; 0 = 0600 */
-	const uid_t *allow_uids;        /* uids admitted (copied); NULL = the listener's euid */
-	size_t nallow_uids;
-	ferry_endpoint_check_fn check;  /* NULL = none */
-	void *check_arg;
-	const struct ferry_channel_opts *channel; /* each client's channel (copied); NULL = defaults */
-	int backlog;                    /* connections queued before accept; 0 = SOMAXCONN */
+	enum ferry_endpoint_ns ns;      /**< 0 = abstract */
+	unsigned mode;                  /**< path mode: the socket file's permissions; 0 = 0600 */
+	const uid_t *allow_uids;        /**< uids admitted (copied); NULL = the listener's euid */
+	size_t nallow_uids;             /**< entries at allow_uids */
+	ferry_endpoint_check_fn check;  /**< NULL = none */
+	void *check_arg;                /**< passed to check */
+	const struct ferry_channel_opts *channel; /**< each client's channel (copied); NULL = defaults */
+	int backlog;                    /**< connections queued before accept; 0 = SOMAXCONN */
 };
 
+/** Options of ferry_connect; zero fields mean defaults. */
 struct ferry_connect_opts {
-	enum ferry_endpoint_ns ns;      /* must match the listener's; 0 = abstract */
-	const uid_t *allow_uids;        /* listener uids trusted; NULL = own euid and root */
-	size_t nallow_uids;
+	enum ferry_endpoint_ns ns;      /**< must match the listener's; 0 = abstract */
+	const uid_t *allow_uids;        /**< listener uids trusted; NULL = own euid and root */
+	size_t nallow_uids;             /**< entries at allow_uids */
 };
 
-/*
- * ferry_listen - start listening on @name (@opts NULL = defaults: abstract
- * namespace, same-uid clients, default channels).
- * Ownership: on success *@out is the caller's (ferry_listener_destroy); on
- *   failure *@out is NULL and nothing was created or removed.
- * Returns: 0, -EINVAL (NULL out or name, empty or too long name, unknown ns,
+/**
+ * Start listening on a name.
+ *
+ * @param out receives the listener.
+ * @param name the name (abstract) or the socket file's path.
+ * @param opts NULL = defaults: abstract namespace, same-uid clients, default
+ *   channels.
+ * @par Ownership
+ *   on success *out is the caller's (ferry_listener_destroy); on failure
+ *   *out is NULL and nothing was created or removed.
+ * @return 0, -EINVAL (NULL out or name, empty or too long name, unknown ns,
  *   mode outside 0777, NULL allow_uids with nallow_uids, negative backlog,
  *   bad channel opts), -EADDRINUSE (a live listener has the name), -EEXIST
  *   (path mode: something other than a socket is there), -EBUSY (path mode:
@@ -137,44 +150,54 @@ struct ferry_connect_opts {
 FERRY_API int ferry_listen(ferry_listener **out, const char *name,
 			   const struct ferry_listen_opts *opts);
 
-/*
- * ferry_accept - wait for a client, authenticate it and give it a channel;
- * *@port is this side's port of that channel.
+/**
+ * Wait for a client, authenticate it and give it a channel.
+ *
  * Refused clients and clients that hang up before their channel is sent are
- * dropped, and the wait goes on within the same @timeout_ns (0 = only the
- * clients queued now, FERRY_FOREVER = no limit).
- * Ownership: on success *@port is the caller's (ferry_port_destroy); on
- *   failure it is NULL.
- * Blocking: up to @timeout_ns; never waits on a client (sends do not block).
- * Threads: several threads may accept on one listener at once, and
+ * dropped, and the wait goes on within the same timeout. Never waits on a
+ * client (sends do not block).
+ * @param l the listener.
+ * @param port receives this side's port of the client's channel.
+ * @param timeout_ns 0 = only the clients queued now, FERRY_FOREVER = no limit.
+ * @par Ownership
+ *   on success *port is the caller's (ferry_port_destroy); on failure it is
+ *   NULL.
+ * @par Threads
+ *   several threads may accept on one listener at once, and
  *   ferry_listener_close from another thread wakes them all (-EPIPE).
- * Returns: 0, -EINVAL (NULL argument), -EAGAIN (no admissible client queued,
+ * @return 0, -EINVAL (NULL argument), -EAGAIN (no admissible client queued,
  *   timeout 0), -ETIMEDOUT, -EPIPE (the listener was closed), -EMFILE,
  *   -ENFILE, -ENOMEM, -ENOSPC (a channel could not be made; the client was
  *   told so and dropped).
  */
 FERRY_API int ferry_accept(ferry_listener *l, ferry_port **port, int64_t timeout_ns);
 
-/*
- * ferry_listener_fd - an fd to poll for POLLIN in the caller's own loop:
- * readable while a client waits to be accepted (then ferry_accept with
+/**
+ * An fd to poll for POLLIN in the caller's own loop.
+ *
+ * Readable while a client waits to be accepted (then ferry_accept with
  * timeout 0; it may still return -EAGAIN if that client is refused), and
  * POLLHUP once the listener is closed. Owned by the listener; valid until
- * ferry_listener_destroy. Returns the fd or -EINVAL (NULL).
+ * ferry_listener_destroy.
+ * @return the fd or -EINVAL (NULL).
  */
 FERRY_API int ferry_listener_fd(const ferry_listener *l);
 
+/** A listener's counts (ferry_listener_stats). */
 struct ferry_listener_stats {
-	uint64_t accepted; /* clients given a channel */
-	uint64_t refused;  /* clients refused by the uid check or the check callback */
-	uint64_t dropped;  /* clients that hung up, or could not be sent their channel */
+	uint64_t accepted; /**< clients given a channel */
+	uint64_t refused;  /**< clients refused by the uid check or the check callback */
+	uint64_t dropped;  /**< clients that hung up, or could not be sent their channel */
 };
 
-/* ferry_listener_stats - the counts so far. Thread-safe. -EINVAL: NULL. */
+/** The counts so far. Thread-safe.
+ * @return 0, -EINVAL (NULL). */
 FERRY_API int ferry_listener_stats(const ferry_listener *l, struct ferry_listener_stats *st);
 
-/*
- * ferry_listener_close - stop listening: new clients are refused by the
+/**
+ * Stop listening.
+ *
+ * New clients are refused by the
  * kernel (-ECONNREFUSED at ferry_connect), clients queued and not yet
  * accepted are disconnected (their ferry_connect returns -ECONNREFUSED),
  * threads in ferry_accept wake with -EPIPE, and in path mode the socket file
@@ -183,25 +206,32 @@ FERRY_API int ferry_listener_stats(const ferry_listener *l, struct ferry_listene
  * listener is destroyed.
  * In a forked child that inherited the listener, close neither shuts the
  * shared socket down nor removes the file: it only stops this copy.
- * Threads: may be called from any thread, also while others accept.
  * Idempotent; NULL ok.
+ * @par Threads
+ *   may be called from any thread, also while others accept.
  */
 FERRY_API void ferry_listener_close(ferry_listener *l);
 
-/* ferry_listener_destroy - close (if not yet) and free the listener and its
- * socket. No other thread may be using it. NULL ok. */
+/** Close (if not yet) and free the listener and its socket. No other thread
+ * may be using it. NULL ok. */
 FERRY_API void ferry_listener_destroy(ferry_listener *l);
 
-/*
- * ferry_connect - connect to the listener on @name and receive a channel of
- * our own; *@port is our port of it. @opts may be NULL (abstract namespace,
- * listener must run as our euid or root).
- * Ownership: on success *@port is the caller's (ferry_port_destroy); on
- *   failure it is NULL and every fd received was closed.
- * Blocking: up to @timeout_ns in all (a full backlog, then the answer);
+/**
+ * Connect to the listener on a name and receive a channel of our own.
+ *
+ * @param port receives our port of the channel.
+ * @param name the name the listener listens on.
+ * @param opts NULL = abstract namespace, listener must run as our euid or
+ *   root.
+ * @param timeout_ns the wait in all (a full backlog, then the answer);
  *   0 = only if the listener has already answered, which it cannot have:
  *   pass a real timeout.
- * Returns: 0; -EINVAL (NULL port or name, empty or too long name, unknown
+ * @par Ownership
+ *   on success *port is the caller's (ferry_port_destroy); on failure it is
+ *   NULL and every fd received was closed.
+ * @par Threads
+ *   any thread; calls share no state.
+ * @return 0; -EINVAL (NULL port or name, empty or too long name, unknown
  *   ns, NULL allow_uids with nallow_uids); -ECONNREFUSED (nobody listens on
  *   the name: no listener, a stale socket file, or the listener closed
  *   before answering); -ENOENT (path mode: no such file); -EACCES (the
@@ -212,7 +242,6 @@ FERRY_API void ferry_listener_destroy(ferry_listener *l);
  *   -EBADMSG (not a ferry endpoint answer, or its channel is not valid);
  *   FERRY_EVERSION (a listener of another handshake or layout version);
  *   -EMFILE, -ENOMEM.
- * Threads: any thread; calls share no state.
  */
 FERRY_API int ferry_connect(ferry_port **port, const char *name,
 			    const struct ferry_connect_opts *opts, int64_t timeout_ns);

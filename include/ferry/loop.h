@@ -1,5 +1,6 @@
-/*
- * ferry/loop.h - the event loop: timers, fd readiness, Atomics.waitAsync on
+/**
+ * @file
+ * @brief The event loop: timers, fd readiness, Atomics.waitAsync on
  * futex words, eventcount watches for ports, and callbacks posted from other
  * threads.
  *
@@ -14,6 +15,10 @@
  * ferry_loop_stop and ferry_loop_post is made on that thread (from a
  * callback, or between runs; any one thread at a time when not running).
  * Callbacks run on that thread, inside ferry_loop_run, one at a time.
+ * On a thread worker, ferry_loop_run also waits on the worker's stop flag:
+ * ferry_worker_terminate ends a worker blocked in its loop at once, and
+ * the loop it was running is destroyed with it when the worker created it
+ * (a loop made by another thread is left idle, its creator's to destroy).
  *
  * Sources: every source (timer, fd, wait, eventcount watch) has a 64-bit id,
  * never 0, never reused for another source of the same loop while the loop
@@ -23,7 +28,7 @@
  * or any other, and add new ones; a cancelled source's callback never runs
  * after ferry_loop_cancel returns.
  *
- * Callbacks get (loop, id, res, arg): @res is 0 for timers and posts, the
+ * Callbacks get (loop, id, res, arg): @p res is 0 for timers and posts, the
  * readiness bits for fds, the wait result for ferry_wait_async, and a
  * negative errno when a source fails (the source is then over).
  *
@@ -59,52 +64,57 @@
 extern "C" {
 #endif
 
+/** An event loop (opaque); belongs to the thread that runs it. */
 typedef struct ferry_loop ferry_loop;
 
+/** Which kernel interface a loop uses (ferry_loop_opts.backend). */
 enum ferry_loop_backend_kind {
-	FERRY_LOOP_AUTO = 0,  /* FERRY_LOOP env, then io_uring if it works, else epoll */
-	FERRY_LOOP_URING = 1, /* io_uring or fail */
-	FERRY_LOOP_EPOLL = 2, /* epoll */
+	FERRY_LOOP_AUTO = 0,  /**< FERRY_LOOP env, then io_uring if it works, else epoll */
+	FERRY_LOOP_URING = 1, /**< io_uring or fail */
+	FERRY_LOOP_EPOLL = 2, /**< epoll */
 };
 
+/** Options of ferry_loop_create; zero fields mean defaults. */
 struct ferry_loop_opts {
-	int backend;      /* enum ferry_loop_backend_kind; AUTO (0) = default */
-	unsigned entries; /* io_uring submission queue size; 0 = 256 */
+	int backend;      /**< enum ferry_loop_backend_kind; AUTO (0) = default */
+	unsigned entries; /**< io_uring submission queue size; 0 = 256 */
 };
 
+/** How long ferry_loop_run runs. */
 enum ferry_loop_mode {
-	FERRY_RUN_DEFAULT = 0, /* until no referenced source is left, or stopped */
-	FERRY_RUN_ONCE = 1,    /* block until at least one callback ran (or stopped) */
-	FERRY_RUN_NOWAIT = 2,  /* one pass over what is ready; never blocks */
+	FERRY_RUN_DEFAULT = 0, /**< until no referenced source is left, or stopped */
+	FERRY_RUN_ONCE = 1,    /**< block until at least one callback ran (or stopped) */
+	FERRY_RUN_NOWAIT = 2,  /**< one pass over what is ready; never blocks */
 };
 
-/* fd readiness: asked with READABLE/WRITABLE; HUP and ERROR always reported. */
-#define FERRY_LOOP_READABLE 0x1u
-#define FERRY_LOOP_WRITABLE 0x2u
-#define FERRY_LOOP_HUP 0x4u   /* peer closed (POLLHUP/POLLRDHUP) */
-#define FERRY_LOOP_ERROR 0x8u /* POLLERR */
+/** fd readiness: asked with READABLE/WRITABLE; HUP and ERROR always reported. */
+#define FERRY_LOOP_READABLE 0x1u /**< wait until the fd is readable */
+#define FERRY_LOOP_WRITABLE 0x2u /**< wait until the fd is writable */
+#define FERRY_LOOP_HUP 0x4u   /**< peer closed (POLLHUP/POLLRDHUP) */
+#define FERRY_LOOP_ERROR 0x8u /**< POLLERR */
 
-/* The per-iteration bound described above. */
+/** The per-iteration bound described above. */
 #define FERRY_LOOP_BATCH 64
 
-/* Callbacks: @id is the source's id (0 for posts); @res as described above. */
+/** Callbacks: @p id is the source's id (0 for posts); @p res as described above. */
 typedef void (*ferry_loop_fn)(ferry_loop *loop, uint64_t id, int res, void *arg);
-/* An eventcount watch's condition: nonzero when there is work. Cheap, no side effects. */
+/** An eventcount watch's condition: nonzero when there is work. Cheap, no side effects. */
 typedef int (*ferry_loop_ready_fn)(void *arg);
 
-/*
- * ferry_loop_create - a new loop. @opts may be NULL (all defaults).
- * Ownership: on success *@out is the caller's (ferry_loop_destroy); on
- *   failure *@out is NULL.
- * Returns: 0, -EINVAL (NULL out, unknown backend, bad FERRY_LOOP value),
+/**
+ * A new loop. @p opts may be NULL (all defaults).
+ * @par Ownership
+ *   on success *@p out is the caller's (ferry_loop_destroy); on
+ *   failure *@p out is NULL.
+ * @return 0, -EINVAL (NULL out, unknown backend, bad FERRY_LOOP value),
  *   -ENOSYS/-EPERM/-EOPNOTSUPP (io_uring forced but unusable: no futex
  *   opcode, disabled by kernel.io_uring_disabled or seccomp), -ENOMEM,
  *   -EMFILE, -EAGAIN.
  */
 FERRY_API int ferry_loop_create(ferry_loop **out, const struct ferry_loop_opts *opts);
 
-/*
- * ferry_loop_destroy - cancel every source (no callback runs for them),
+/**
+ * Cancel every source (no callback runs for them),
  * run callbacks still queued by ferry_loop_post with res -ECANCELED (so their
  * args can be freed), stop the helper threads and release everything. Not
  * from a callback nor while the loop runs (then it fails with a message and
@@ -112,78 +122,78 @@ FERRY_API int ferry_loop_create(ferry_loop **out, const struct ferry_loop_opts *
  */
 FERRY_API void ferry_loop_destroy(ferry_loop *loop);
 
-/* ferry_loop_backend - "uring" or "epoll" (static string); "" for NULL. */
+/** "uring" or "epoll" (static string); "" for NULL. */
 FERRY_API const char *ferry_loop_backend(const ferry_loop *loop);
 
-/*
- * ferry_loop_run - run callbacks as sources become ready, per @mode.
+/**
+ * Run callbacks as sources become ready, per @p mode.
  * Unreferenced sources (ferry_loop_ref) do not keep FERRY_RUN_DEFAULT going.
- * Returns: the number of referenced sources left plus posts queued (>= 0;
+ * @return the number of referenced sources left plus posts queued (>= 0;
  *   0 means nothing keeps the loop alive), or -EINVAL (NULL loop, bad mode),
  *   -EBUSY (already running: another thread, or called from a callback), or
  *   a negative errno from the kernel wait that the loop cannot go on from.
  */
 FERRY_API int ferry_loop_run(ferry_loop *loop, int mode);
 
-/*
- * ferry_loop_stop - make the running (or the next) ferry_loop_run return
+/**
+ * Make the running (or the next) ferry_loop_run return
  * after its current callback; wakes a blocked run. Any thread. A stop while
  * no run is in progress makes the next run return after one pass that does
- * not block. Returns: 0, -EINVAL.
+ * not block. @return 0, -EINVAL.
  */
 FERRY_API int ferry_loop_stop(ferry_loop *loop);
 
-/*
- * ferry_loop_post - run @cb(loop, 0, 0, @arg) on the loop's thread, soon.
+/**
+ * Run @p cb(loop, 0, 0, @p arg) on the loop's thread, soon.
  * Any thread. Posts from one thread run in post order. A post keeps the loop
- * alive until it ran. If the loop is destroyed first, @cb runs during
- * ferry_loop_destroy with res -ECANCELED: @cb always runs exactly once.
- * Returns: 0, -EINVAL (NULL loop/cb), -ENOMEM.
+ * alive until it ran. If the loop is destroyed first, @p cb runs during
+ * ferry_loop_destroy with res -ECANCELED: @p cb always runs exactly once.
+ * @return 0, -EINVAL (NULL loop/cb), -ENOMEM.
  */
 FERRY_API int ferry_loop_post(ferry_loop *loop, ferry_loop_fn cb, void *arg);
 
-/*
- * ferry_loop_timer - call @cb after @after_ns (from now), then every
- * @repeat_ns if @repeat_ns > 0 (until cancelled). Timers due at once fire
+/**
+ * Call @p cb after @p after_ns (from now), then every
+ * @p repeat_ns if @p repeat_ns > 0 (until cancelled). Timers due at once fire
  * in deadline order, ties in creation order; a timer never fires early. A
  * repeating timer that fell behind skips the missed periods.
- * @id: where to store the source id (may be NULL for a one-shot).
- * Returns: 0, -EINVAL (NULL loop/cb, negative after_ns or repeat_ns), -ENOMEM.
+ * @param id where to store the source id (may be NULL for a one-shot).
+ * @return 0, -EINVAL (NULL loop/cb, negative after_ns or repeat_ns), -ENOMEM.
  */
 FERRY_API int ferry_loop_timer(ferry_loop *loop, int64_t after_ns, int64_t repeat_ns,
 			       ferry_loop_fn cb, void *arg, uint64_t *id);
 
-/*
- * ferry_loop_fd - call @cb(loop, id, revents, arg) whenever @fd is ready for
- * @events (FERRY_LOOP_READABLE | FERRY_LOOP_WRITABLE), level-triggered: once
+/**
+ * Call @p cb(loop, id, revents, arg) whenever @p fd is ready for
+ * @p events (FERRY_LOOP_READABLE | FERRY_LOOP_WRITABLE), level-triggered: once
  * per iteration while it stays ready. revents may also hold FERRY_LOOP_HUP
  * and FERRY_LOOP_ERROR; a callback seeing HUP usually cancels. One source
- * per fd per loop. Cancel before closing @fd (the fd stays the caller's).
- * If the kernel reports the fd unusable (say it was closed), @cb gets a
+ * per fd per loop. Cancel before closing @p fd (the fd stays the caller's).
+ * If the kernel reports the fd unusable (say it was closed), @p cb gets a
  * negative errno and the source ends.
- * Returns: 0, -EINVAL (NULL loop/cb, fd < 0, no or unknown event bits),
- *   -EEXIST (the loop already watches @fd), -EPERM (epoll: a regular file),
+ * @return 0, -EINVAL (NULL loop/cb, fd < 0, no or unknown event bits),
+ *   -EEXIST (the loop already watches @p fd), -EPERM (epoll: a regular file),
  *   -EBADF, -ENOMEM.
  */
 FERRY_API int ferry_loop_fd(ferry_loop *loop, int fd, unsigned events, ferry_loop_fn cb,
 			    void *arg, uint64_t *id);
 
-/* ferry_loop_fd_update - change what fd source @id waits for (nonzero @events).
- * Returns: 0, -EINVAL, -ENOENT (no such source, or not an fd source), or
+/** Change what fd source @p id waits for (nonzero @p events).
+ * @return 0, -EINVAL, -ENOENT (no such source, or not an fd source), or
  * the kernel's refusal (-EBADF...), after which the source is cancelled. */
 FERRY_API int ferry_loop_fd_update(ferry_loop *loop, uint64_t id, unsigned events);
 
-/*
- * ferry_wait_async - Atomics.waitAsync: if *@word == @expected, wait for a
- * ferry_notify on @word (from any thread or process) or @timeout_ns
- * (FERRY_FOREVER: no limit; 0: do not wait), then call @cb once with:
+/**
+ * Atomics.waitAsync: if *@p word == @p expected, wait for a
+ * ferry_notify on @p word (from any thread or process) or @p timeout_ns
+ * (FERRY_FOREVER: no limit; 0: do not wait), then call @p cb once with:
  *   0 ("ok": notified, or the word changed after this call, see below),
- *   -EAGAIN ("not-equal": *@word != @expected at this call),
- *   -ETIMEDOUT ("timed-out"; also at once for @timeout_ns 0 if equal),
+ *   -EAGAIN ("not-equal": *@p word != @p expected at this call),
+ *   -ETIMEDOUT ("timed-out"; also at once for @p timeout_ns 0 if equal),
  *   or another negative errno if the kernel refused the wait (-EFAULT).
  * The callback always runs from the loop, never inside this call. The word
  * is waited on as a shared futex: notify it with ferry_notify (or
- * ferry_ec_notify), not ferry_notify_private. @word must stay mapped until
+ * ferry_ec_notify), not ferry_notify_private. @p word must stay mapped until
  * the callback ran or the wait was cancelled.
  * Not-equal is decided here, synchronously, as Atomics.waitAsync does. If
  * the word changes between this call and the moment the kernel queues the
@@ -194,7 +204,7 @@ FERRY_API int ferry_loop_fd_update(ferry_loop *loop, uint64_t id, unsigned event
  * is never missed, but a notify that leaves the word unchanged and lands in
  * that window (microseconds) may be, and the wait then ends by its timeout
  * or a later notify. Each pending wait holds one helper thread there.
- * Returns: 0, -EINVAL (NULL loop/word/cb, @word not 4-byte aligned), -ENOMEM,
+ * @return 0, -EINVAL (NULL loop/word/cb, @p word not 4-byte aligned), -ENOMEM,
  *   -EAGAIN (epoll: no helper thread could be started), -ENOSYS/-EPERM
  *   (epoll: the kernel lacks or forbids futex_waitv, Linux < 5.16), -EBUSY
  *   (io_uring submission failed).
@@ -202,21 +212,21 @@ FERRY_API int ferry_loop_fd_update(ferry_loop *loop, uint64_t id, unsigned event
 FERRY_API int ferry_wait_async(ferry_loop *loop, uint32_t *word, uint32_t expected,
 			       int64_t timeout_ns, ferry_loop_fn cb, void *arg, uint64_t *id);
 
-/*
- * ferry_loop_watch_ec - watch a condition guarded by eventcount @ec (a
- * port's "ring not empty"): whenever @ready(@arg) is nonzero the loop calls
- * @cb(loop, id, 0, @arg), at most once per iteration (see Fairness), until
- * cancelled. When @ready is false the loop announces a sleep on @ec
- * (ferry_ec_prepare), re-checks @ready, and waits asynchronously on the
+/**
+ * Watch a condition guarded by eventcount @p ec (a
+ * port's "ring not empty"): whenever @p ready(@p arg) is nonzero the loop calls
+ * @p cb(loop, id, 0, @p arg), at most once per iteration (see Fairness), until
+ * cancelled. When @p ready is false the loop announces a sleep on @p ec
+ * (ferry_ec_prepare), re-checks @p ready, and waits asynchronously on the
  * eventcount's futex word; the producer makes the condition true and calls
  * ferry_ec_notify, which costs it a syscall only while the loop sleeps.
- * No wake-up is lost. @ready may be called spuriously; it must not call loop
- * functions. @cb should consume a bounded batch; if @ready stays true it is
- * called again next iteration. @ec must stay mapped until cancelled.
- * @cb gets a negative errno (and the watch ends) if the kernel refuses the
- * wait on @ec. epoll: one helper thread sleeps for up to 127 watches.
- * Returns: 0, -EINVAL (NULL loop/ec/ready/cb, misaligned ec), -ENOMEM.
- *   (epoll without futex_waitv: the first arm fails, @cb gets -ENOSYS/-EPERM.)
+ * No wake-up is lost. @p ready may be called spuriously; it must not call loop
+ * functions. @p cb should consume a bounded batch; if @p ready stays true it is
+ * called again next iteration. @p ec must stay mapped until cancelled.
+ * @p cb gets a negative errno (and the watch ends) if the kernel refuses the
+ * wait on @p ec. epoll: one helper thread sleeps for up to 127 watches.
+ * @return 0, -EINVAL (NULL loop/ec/ready/cb, misaligned ec), -ENOMEM.
+ *   (epoll without futex_waitv: the first arm fails, @p cb gets -ENOSYS/-EPERM.)
  */
 FERRY_API int ferry_loop_watch_ec(ferry_loop *loop, struct ferry_ec *ec, ferry_loop_ready_fn ready,
 				  ferry_loop_fn cb, void *arg, uint64_t *id);
@@ -226,62 +236,133 @@ FERRY_API int ferry_loop_watch_ec(ferry_loop *loop, struct ferry_ec *ec, ferry_l
 struct ferry_port;
 struct ferry_msg;
 
-/*
- * A port's messages as loop callbacks: @msg is the callee's (ferry_msg_free)
- * with @err 0; a message that failed to decode comes as @msg NULL with its
- * error (-EBADMSG: messageerror), and the last call has @err -EPIPE (the
+/**
+ * A port's messages as loop callbacks: @p msg is the callee's (ferry_msg_free)
+ * with @p err 0; a message that failed to decode comes as @p msg NULL with its
+ * error (-EBADMSG: messageerror), and the last call has @p err -EPIPE (the
  * peer closed or died; everything it posted was delivered first), after
  * which the watch has stopped.
  */
 typedef void (*ferry_loop_port_fn)(ferry_loop *loop, struct ferry_port *port,
 				   struct ferry_msg *msg, int err, void *arg);
 
-/* A port watch; the caller's memory, valid until stopped (like a libuv
- * handle). Fields are private. */
+/** A port watch; the caller's memory, zeroed before its first start, valid
+ * until stopped (like a libuv handle). Fields are private. */
 struct ferry_loop_port_watch {
-	struct ferry_port *port;
-	ferry_loop_port_fn cb;
-	void *arg;
-	uint64_t ec_id, fd_id;
-	int active;
+	struct ferry_port *port; /**< private: the watched port */
+	ferry_loop_port_fn cb;   /**< private: the callback */
+	void *arg;               /**< private: its argument */
+	uint64_t ec_id, /**< private: the eventcount source */
+		fd_id;  /**< private: the fd source */
+	int active;              /**< private: nonzero while started */
 };
 
-/*
- * ferry_loop_port_start - deliver @port's messages to @cb on @loop. Messages
+/**
+ * Deliver @p port's messages to @p cb on @p loop. Messages
  * are waited for on the port's eventcount (io_uring FUTEX_WAIT, or the epoll
  * backend's helper), and the peer's death on the port's control socket: a
  * sender to a busy loop makes no syscall. At most FERRY_LOOP_BATCH messages
  * per loop iteration, so a flood cannot starve other sources. Do not receive
- * from @port elsewhere while it is watched.
- * Returns: 0, -EINVAL (NULL argument, already active), FERRY_EDETACHED,
+ * from @p port elsewhere while it is watched.
+ * @return 0, -EINVAL (NULL argument, already active), FERRY_EDETACHED,
  *   -ENOMEM.
  */
 FERRY_API int ferry_loop_port_start(ferry_loop *loop, struct ferry_loop_port_watch *w,
 				    struct ferry_port *port, ferry_loop_port_fn cb, void *arg);
 
-/* ferry_loop_port_stop - stop watching; safe from any callback, the
- * watch's own included. Idempotent. Returns 0 or -EINVAL. */
+/** Stop watching; safe from any callback, the
+ * watch's own included. Idempotent. @return 0 or -EINVAL. */
 FERRY_API int ferry_loop_port_stop(ferry_loop *loop, struct ferry_loop_port_watch *w);
 
-/*
- * ferry_loop_cancel - end source @id now; its callback will not run again.
+/* ---- workers in a loop ---- */
+
+struct ferry_worker;
+struct ferry_worker_event;
+
+/**
+ * A worker's events as loop callbacks (ferry/worker.h): @p ev is valid during
+ * the call only, but a MESSAGE's ev->msg is the callee's (ferry_msg_free).
+ * EXIT is the last call: the watch has stopped before it is made, so the
+ * callback may destroy the worker. An EXIT whose status could not be learnt
+ * (the fork server that started the worker died first) has ev->err set to
+ * FERRY_EWORKER and ev->text saying why.
+ */
+typedef void (*ferry_loop_worker_fn)(ferry_loop *loop, struct ferry_worker *worker,
+				     struct ferry_worker_event *ev, void *arg);
+
+/** A worker watch; the caller's memory, valid until stopped. Fields are private. */
+struct ferry_loop_worker_watch {
+	struct ferry_worker *worker; /**< private: the watched worker */
+	ferry_loop_worker_fn cb;     /**< private: the callback */
+	void *arg;                   /**< private: its argument */
+	uint64_t msg_id, /**< private: the message source */
+		exit_id, /**< private: the exit source */
+		retry_id; /**< private: the retry timer */
+	int64_t retry_ns;            /**< private: retry period */
+	int state;                   /**< private: delivery state */
+	int active;                  /**< private: nonzero while started */
+};
+
+/**
+ * ferry_loop_worker_start - deliver @p worker's events (ONLINE, MESSAGE,
+ * MESSAGEERROR, ERROR, EXIT) to @p cb on @p loop, in the order and with the
+ * guarantees of ferry_worker_next: ONLINE first, messages and errors as the
+ * worker produced them, EXIT after every message it fully posted. Messages
+ * come through an eventcount watch on the worker's port (a worker posting to
+ * a busy loop makes no syscall), at most FERRY_LOOP_BATCH events per loop
+ * iteration. The exit is seen exactly: a process worker's pidfd (the fork
+ * server's workers too, whose status then comes from the server), a thread
+ * worker's exit word (an eventcount notified by the ending thread); no
+ * polling. Works on both loop backends and both worker backends.
+ *
+ * While watched, receive nothing from the worker's port elsewhere (nor
+ * ferry_worker_next), and call ferry_worker_join, _terminate and _destroy on
+ * the loop's thread; stop the watch before ferry_worker_destroy unless EXIT
+ * was delivered. ferry_worker_terminate from a callback is fine: its EXIT
+ * follows. After EXIT, ferry_worker_next and _join give the same status.
+ *
+ * @param loop    the loop (its thread)
+ * @param ww      the watch, caller's memory, zeroed or stopped
+ * @param worker  the worker, from ferry_worker_spawn
+ * @param cb      called once per event
+ * @param arg     passed to @p cb
+ * @return 0, -EINVAL (NULL argument, @p ww already active), FERRY_EDETACHED
+ *   (the worker's port was transferred away), -ENOMEM, or a loop source's
+ *   error. If the kernel later refuses a wait (an epoll loop without
+ *   futex_waitv: -ENOSYS), @p cb gets an ERROR event with that code and the
+ *   watch stops.
+ */
+FERRY_API int ferry_loop_worker_start(ferry_loop *loop, struct ferry_loop_worker_watch *ww,
+				      struct ferry_worker *worker, ferry_loop_worker_fn cb,
+				      void *arg);
+
+/**
+ * ferry_loop_worker_stop - stop delivering @p ww's events (the ones not yet
+ * delivered stay for ferry_worker_next or a new watch). Safe from any
+ * callback, the watch's own included. Idempotent.
+ * @return 0, or -EINVAL (NULL argument).
+ */
+FERRY_API int ferry_loop_worker_stop(ferry_loop *loop, struct ferry_loop_worker_watch *ww);
+
+/**
+ * End source @p id now; its callback will not run again.
  * Safe from any callback, including the source's own, and while a kernel
  * operation for it is still in flight (its late completion is dropped).
  * A notify that races the cancel of a wait may still be counted by
  * ferry_notify as waking it (there is no Atomics equivalent to compare).
- * Returns: 0, -EINVAL (NULL loop), -ENOENT (ended already, or never existed).
+ * @return 0, -EINVAL (NULL loop), -ENOENT (ended already, or never existed).
  */
 FERRY_API int ferry_loop_cancel(ferry_loop *loop, uint64_t id);
 
-/*
- * ferry_loop_ref - @ref nonzero (the default for every source): source @id
+/**
+ * @p ref nonzero (the default for every source): source @p id
  * keeps FERRY_RUN_DEFAULT running; 0: it does not (it still fires while the
- * loop runs for other reasons), like Node's unref(). Returns: 0, -EINVAL,
+ * loop runs for other reasons), like Node's unref(). @return 0, -EINVAL,
  * -ENOENT.
  */
 FERRY_API int ferry_loop_ref(ferry_loop *loop, uint64_t id, int ref);
 
-/* ferry_loop_alive - what ferry_loop_run would return now: referenced
+/** What ferry_loop_run would return now: referenced
  * sources plus queued posts (>= 0), or -EINVAL. Loop thread. */
 FERRY_API int ferry_loop_alive(const ferry_loop *loop);
 

@@ -1,5 +1,6 @@
-/*
- * ferry/port.h - MessageChannel-style entangled ports.
+/**
+ * @file
+ * @brief MessageChannel-style entangled ports.
  *
  * ferry_channel() makes two ports joined by one shared segment: an SPSC ring
  * and two eventcounts each way, the closed flags, and a control socket pair
@@ -30,87 +31,108 @@
 extern "C" {
 #endif
 
+/** One end of a channel (MessagePort); opaque. */
 typedef struct ferry_port ferry_port;
+/** A received message (MessageEvent); opaque. */
 typedef struct ferry_msg ferry_msg;
 
+/** How a port waits (ferry_port_set_wait). */
 enum ferry_wait_mode {
-	FERRY_WAIT_ADAPTIVE = 0, /* spin briefly, yield, then sleep */
-	FERRY_WAIT_SPIN = 1,     /* spin until the deadline */
-	FERRY_WAIT_BLOCK = 2,    /* sleep at once */
+	FERRY_WAIT_ADAPTIVE = 0, /**< spin briefly, yield, then sleep */
+	FERRY_WAIT_SPIN = 1,     /**< spin until the deadline */
+	FERRY_WAIT_BLOCK = 2,    /**< sleep at once */
 };
 
-/* How long a sleeping port may take to notice that its peer process died. */
+/** How long a sleeping port may take to notice that its peer process died. */
 #define FERRY_PORT_LIVENESS_NS (50 * 1000 * 1000)
 
-/* Default ring size each way, and its bounds. */
+/** Default ring size each way. */
 #define FERRY_CHANNEL_RING_DEFAULT ((size_t)64 * 1024)
 
-/* The default largest message (a clone, spilled to its own segment when it
+/** The default largest message (a clone, spilled to its own segment when it
  * is larger than the ring takes). */
 #define FERRY_MESSAGE_MAX_DEFAULT ((size_t)1 << 30)
 
+/** Options of ferry_channel; zero fields mean defaults. */
 struct ferry_channel_opts {
-	size_t ring_bytes;  /* each direction; a power of two; 0 = default */
-	size_t max_message; /* largest clone either port accepts; 0 = default (1 GiB) */
+	size_t ring_bytes;  /**< each direction; a power of two; 0 = default */
+	size_t max_message; /**< largest clone either port accepts; 0 = default (1 GiB) */
 };
 
-/*
- * ferry_channel - a new channel; *@a and *@b are its two ports.
- * @opts may be NULL (defaults).
- * Ownership: on success the caller owns both ports (ferry_port_destroy each);
- *   on failure both are NULL.
- * Returns: 0, -EINVAL (NULL out pointer, ring_bytes not a power of two in
+/**
+ * A new channel (MessageChannel) of two entangled ports.
+ *
+ * @param a receives one port.
+ * @param b receives the other.
+ * @param opts NULL for defaults.
+ * @par Ownership
+ *   on success the caller owns both ports (ferry_port_destroy each); on
+ *   failure both are NULL.
+ * @return 0, -EINVAL (NULL out pointer, ring_bytes not a power of two in
  *   range), -ENOMEM, -ENOSPC, -EMFILE.
  */
 FERRY_API int ferry_channel(ferry_port **a, ferry_port **b,
 			    const struct ferry_channel_opts *opts);
 
-/*
- * ferry_port_post_bytes - send @len bytes (copied; the caller keeps @data).
- * Blocking: waits up to @timeout_ns while the ring is full (0 = try once).
- * Returns: 0, -EINVAL (NULL port, NULL data with len > 0), -EAGAIN (full,
+/**
+ * Send raw bytes.
+ *
+ * @param port the sending port.
+ * @param data the bytes (copied; the caller keeps @p data).
+ * @param len their length.
+ * @param timeout_ns how long to wait while the ring is full (0 = try once).
+ * @return 0, -EINVAL (NULL port, NULL data with len > 0), -EAGAIN (full,
  *   timeout 0), -ETIMEDOUT, -EPIPE (either side closed, or peer dead),
  *   -EMSGSIZE (larger than the ring can ever hold).
  */
 FERRY_API int ferry_port_post_bytes(ferry_port *port, const void *data, size_t len,
 				    int64_t timeout_ns);
 
-/*
- * ferry_port_recv - the next message, waiting up to @timeout_ns
- * (0 = try once, FERRY_FOREVER = no limit).
- * Ownership: on success *@msg is the caller's (ferry_msg_free); on failure
- *   *@msg is NULL.
- * Returns: 0, -EINVAL, -EAGAIN (none now, timeout 0), -ETIMEDOUT, -EPIPE
+/**
+ * The next message.
+ *
+ * @param port the receiving port.
+ * @param msg receives the message.
+ * @param timeout_ns 0 = try once, FERRY_FOREVER = no limit.
+ * @par Ownership
+ *   on success *msg is the caller's (ferry_msg_free); on failure *msg is NULL.
+ * @return 0, -EINVAL, -EAGAIN (none now, timeout 0), -ETIMEDOUT, -EPIPE
  *   (peer closed or died and everything it posted was received), -EPROTO
  *   (the shared ring is corrupt; the channel is closed).
  */
 FERRY_API int ferry_port_recv(ferry_port *port, ferry_msg **msg, int64_t timeout_ns);
 
-/* What a message transfers (Node's transferList): buffers and ports that
+/** What a message transfers (Node's transferList): buffers and ports that
  * move with it. Every port the value references must be listed; a listed
  * buffer or port the value does not reference still moves. */
 struct ferry_xfer {
-	struct ferry_buf *const *bufs;
-	size_t nbufs;
-	ferry_port *const *ports;
-	size_t nports;
+	struct ferry_buf *const *bufs; /**< buffers that move */
+	size_t nbufs;                  /**< entries at bufs */
+	ferry_port *const *ports;      /**< ports that move */
+	size_t nports;                 /**< entries at ports */
 };
 
-/* Most buffers and ports (handles) one message carries. */
+/** Most buffers and ports (handles) one message carries. */
 #define FERRY_MSG_MAX_HANDLES 1024
 
-/*
- * ferry_port_post - send the structured clone of @v (postMessage).
- * Buffers the value references are cloned, unless listed in @xfer: then they
+/**
+ * @fn int ferry_port_post(ferry_port *port, const struct ferry_value *v, const struct ferry_xfer *xfer, int64_t timeout_ns)
+ * Send the structured clone of a value (postMessage).
+ *
+ * Buffers the value references are cloned, unless listed in @p xfer: then they
  * move (detached here, the same pages there). Shared buffers are shared.
- * Ports must be listed in @xfer and move, with the messages queued for them.
+ * Ports must be listed in @p xfer and move, with the messages queued for them.
  * All or nothing: the transfer list is checked and the value serialised
  * before anything is detached; on any error every handle is as it was.
- * Ownership: @v stays the caller's. On success the listed handles are
- *   detached (free them with ferry_buf_free / ferry_port_destroy as usual).
- * Blocking: up to @timeout_ns while the ring is full.
- * Returns: 0, -EINVAL (NULL port or value; a NULL, duplicate, shared or
- *   self/peer entry in @xfer; a port the value references but @xfer does not
+ * @param port the sending port.
+ * @param v the value.
+ * @param xfer the transfer list; NULL for none.
+ * @param timeout_ns how long to wait while the ring is full.
+ * @par Ownership
+ *   @p v stays the caller's. On success the listed handles are detached
+ *   (free them with ferry_buf_free / ferry_port_destroy as usual).
+ * @return 0, -EINVAL (NULL port or value; a NULL, duplicate, shared or
+ *   self/peer entry in @p xfer; a port the value references but @p xfer does not
  *   list; a buffer referenced with the wrong kind), FERRY_EDETACHED (this
  *   port, or a listed or referenced handle, was transferred away), -EPIPE
  *   (closed, or a listed port is closed), FERRY_ENOTCLONEABLE, -EMSGSIZE
@@ -120,64 +142,77 @@ struct ferry_value;
 FERRY_API int ferry_port_post(ferry_port *port, const struct ferry_value *v,
 			      const struct ferry_xfer *xfer, int64_t timeout_ns);
 
-/*
- * A received clone: ferry_msg_value is its value (NULL for a message posted
- * with ferry_port_post_bytes), owned by the message. Buffer and port handles
- * in it are owned by the message too, and freed with it, unless the receiver
- * keeps them: ferry_msg_keep(msg, handle) makes one the caller's (to free
- * with ferry_buf_free / ferry_port_destroy); ferry_msg_take_value makes the
- * value graph the caller's (ferry_value_free). -ENOENT: not in this message.
- * ferry_msg_port(msg, i), i < ferry_msg_nports(msg): every port the message
- * transferred, in transfer order (MessageEvent.ports).
+/**
+ * A received clone's value (NULL for a message posted with
+ * ferry_port_post_bytes), owned by the message.
+ *
+ * Buffer and port handles in it are owned by the message too, and freed with
+ * it, unless the receiver keeps them (ferry_msg_keep, ferry_msg_take_value).
  * A clone that fails to decode is reported by ferry_port_recv as -EBADMSG
  * (messageerror) and consumed; the next recv gets the next message.
  */
 FERRY_API const struct ferry_value *ferry_msg_value(const ferry_msg *msg);
+/** Make the message's value graph the caller's (ferry_value_free).
+ * @return the value; NULL for a raw message. */
 FERRY_API struct ferry_value *ferry_msg_take_value(ferry_msg *msg);
+/** Make one buffer or port handle of the message the caller's (to free with
+ * ferry_buf_free / ferry_port_destroy) instead of the message's.
+ * @return 0, -ENOENT (not in this message). */
 FERRY_API int ferry_msg_keep(ferry_msg *msg, const void *handle);
+/** How many ports the message transferred. */
 FERRY_API size_t ferry_msg_nports(const ferry_msg *msg);
+/** Port @p i (i < ferry_msg_nports(msg)) of those the message transferred, in
+ * transfer order (MessageEvent.ports). */
 FERRY_API ferry_port *ferry_msg_port(const ferry_msg *msg, size_t i);
 
-/* The message's bytes and length (a raw message; NULL and 0 for a clone);
- * valid until ferry_msg_free. */
+/** The message's bytes (a raw message; NULL for a clone); valid until
+ * ferry_msg_free. */
 FERRY_API const void *ferry_msg_data(const ferry_msg *msg);
+/** The message's length (a raw message; 0 for a clone). */
 FERRY_API size_t ferry_msg_len(const ferry_msg *msg);
-/* ferry_msg_free - free a received message. NULL ok. */
+/** Free a received message. NULL ok. */
 FERRY_API void ferry_msg_free(ferry_msg *msg);
 
-/*
- * ferry_port_set_wait - how this port waits in recv and in a blocked post.
- * @spin_ns: spin budget for FERRY_WAIT_ADAPTIVE (0 = the default, ~20 us).
- * Returns: 0, -EINVAL (NULL port, unknown mode, negative budget).
+/**
+ * How this port waits in recv and in a blocked post.
+ *
+ * @param port the port.
+ * @param mode a ferry_wait_mode.
+ * @param spin_ns spin budget for FERRY_WAIT_ADAPTIVE (0 = the default, ~20 us).
+ * @return 0, -EINVAL (NULL port, unknown mode, negative budget).
  */
 FERRY_API int ferry_port_set_wait(ferry_port *port, enum ferry_wait_mode mode,
 				  int64_t spin_ns);
 
-/*
- * ferry_port_close - close the channel from this side: the peer receives
+/**
+ * Close the channel from this side.
+ *
+ * The peer receives
  * what this side posted, then -EPIPE; waiters on both sides wake. The handle
  * stays valid (recv and post return -EPIPE) until ferry_port_destroy.
  * Idempotent; NULL ok.
  */
 FERRY_API void ferry_port_close(ferry_port *port);
 
-/* ferry_port_destroy - close (if not yet) and free the handle. NULL ok. */
+/** Close (if not yet) and free the handle. NULL ok. */
 FERRY_API void ferry_port_destroy(ferry_port *port);
 
-/*
- * ferry_port_fd - a file descriptor to embed @port in an epoll, poll, libuv
- * or io_uring loop. It becomes readable when a message waits or the peer is
+/**
+ * A file descriptor to embed @p port in an epoll, poll, libuv or io_uring
+ * loop.
+ *
+ * It becomes readable when a message waits or the peer is
  * gone (then also POLLHUP). Pattern (edge-triggered, like a non-blocking
  * socket): drain with ferry_port_recv(port, &m, 0) until -EAGAIN, then poll;
  * that -EAGAIN is what arms the fd, so a message posted after it always
  * wakes the poll. The fd is signalled only when the receiver armed it: a
  * sender to a busy receiver makes no syscall. The fd stays the port's (do
  * not close or read it; it changes if the port is transferred).
- * Returns: the fd, -EINVAL, FERRY_EDETACHED.
+ * @return the fd, -EINVAL, FERRY_EDETACHED.
  */
 FERRY_API int ferry_port_fd(ferry_port *port);
 
-/* Largest message ferry_port_post_bytes accepts on this port. */
+/** Largest message ferry_port_post_bytes accepts on this port. */
 FERRY_API size_t ferry_port_max_message(const ferry_port *port);
 
 #ifdef __cplusplus

@@ -1,5 +1,6 @@
-/*
- * ferry/runtime.h - process-wide set-up: the fork server.
+/**
+ * @file
+ * @brief Process-wide set-up: the fork server.
  *
  * Forking a multithreaded process is unsafe: a lock another thread held at
  * that instant (malloc's, stdio's, the program's own) stays held forever in
@@ -10,6 +11,7 @@
  * the parent's memory: 18 ms from a 1 GiB parent on the reference machine,
  * near 0.1 ms from the server).
  *
+ * @code
  *     int main(void) {
  *         struct ferry_init_opts io = { .fork_server = 1 };
  *         if (ferry_init(&io))            // first thing, before any thread
@@ -17,6 +19,7 @@
  *         ... start threads, spawn process workers ...
  *         ferry_fini();
  *     }
+ * @endcode
  *
  * What a worker started by the server gets (see ferry_worker_opts.spawn):
  * - the program as it was at ferry_init time: globals hold their values of
@@ -48,36 +51,50 @@
 extern "C" {
 #endif
 
-/* Zero fields mean defaults. */
+/** Options of ferry_init. Zero fields mean defaults. */
 struct ferry_init_opts {
-	int fork_server; /* 1: start the fork server (default 0: none) */
+	int fork_server; /**< 1: start the fork server (default 0: none) */
 };
 
-/*
- * ferry_init - process-wide set-up. NULL or zeroed @opts: nothing to start,
- * returns 0. With .fork_server, starts the fork server; it must be called
- * while the process has a single thread (first thing in main), and returns 0
- * at once when a server already runs.
- * Threads: not concurrently with ferry_fini or spawns.
- * Returns: 0, -EBUSY (the process already has other threads: the message
+/**
+ * Process-wide set-up.
+ *
+ * @param opts NULL or zeroed: nothing to start, returns 0. With .fork_server,
+ *   starts the fork server; it must be called while the process has a single
+ *   thread (first thing in main), and returns 0 at once when a server already
+ *   runs.
+ * @par Threads
+ *   not concurrently with ferry_fini or spawns.
+ * @return 0, -EBUSY (the process already has other threads: the message
  *   says how many), -ENOSYS (no pidfd support: Linux < 5.3), -ENOENT (/proc
  *   not mounted: the thread count cannot be checked), -EAGAIN, -ENOMEM,
  *   -EMFILE, -ECHILD (the server did not come up).
  */
 FERRY_API int ferry_init(const struct ferry_init_opts *opts);
 
-/*
- * ferry_fini - stop the fork server (idempotent; nothing to do without one).
+/**
+ * Stop the fork server (idempotent; nothing to do without one).
+ *
  * Workers it started keep running and keep their handles; joining one
  * afterwards reports FERRY_EWORKER once it has ended, as its status is no
  * longer reported by anyone. Join them before ferry_fini to get their status.
- * Threads: call it once no spawn is in progress.
+ * @par Threads
+ *   call it once no spawn is in progress.
  */
 FERRY_API void ferry_fini(void);
 
-/* The fork server's pid, or 0 when none was started in this process (it may
+/** The fork server's pid, or 0 when none was started in this process (it may
  * have died: spawns then say so). */
 FERRY_API pid_t ferry_fork_server_pid(void);
+
+/**
+ * ferry_trim - release what ferry keeps for reuse: the channel segments of
+ * thread workers that were joined and destroyed (at most 4, each 136 KiB of
+ * shared memory and one fd), which make the next thread worker start
+ * without creating and mapping a new one. ferry_fini does it too. Call it
+ * before counting the process's fds or mappings. Any thread.
+ */
+FERRY_API void ferry_trim(void);
 
 #ifdef __cplusplus
 }

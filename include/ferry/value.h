@@ -1,5 +1,6 @@
-/*
- * ferry/value.h - values (what a message carries) and the structured clone.
+/**
+ * @file
+ * @brief Values (what a message carries) and the structured clone.
  *
  * A ferry_value is one node of a value graph: null, undefined, bool, int64,
  * double, UTF-8 string, bytes (optionally a typed-array view), array, map
@@ -82,43 +83,45 @@
 extern "C" {
 #endif
 
+/** One node of a value graph (opaque). */
 typedef struct ferry_value ferry_value;
 
+/** What a value is. */
 enum ferry_value_kind {
-	FERRY_VALUE_NULL = 0,
-	FERRY_VALUE_UNDEFINED = 1, /* also what ferry_value_kind(NULL) says */
-	FERRY_VALUE_BOOL = 2,
-	FERRY_VALUE_INT = 3,       /* int64_t */
-	FERRY_VALUE_DOUBLE = 4,
-	FERRY_VALUE_STR = 5,       /* UTF-8, validated; may hold U+0000 */
-	FERRY_VALUE_BYTES = 6,     /* bytes, optionally with a typed view */
-	FERRY_VALUE_ARRAY = 7,
-	FERRY_VALUE_MAP = 8,       /* string keys, insertion order */
-	FERRY_VALUE_BUF = 9,       /* handle: a buffer (cloned or transferred) */
-	FERRY_VALUE_SHARED = 10,   /* handle: a shared buffer */
-	FERRY_VALUE_PORT = 11,     /* handle: a port */
+	FERRY_VALUE_NULL = 0,      /**< null */
+	FERRY_VALUE_UNDEFINED = 1, /**< undefined; also what ferry_value_kind(NULL) says */
+	FERRY_VALUE_BOOL = 2,      /**< bool */
+	FERRY_VALUE_INT = 3,       /**< int64_t */
+	FERRY_VALUE_DOUBLE = 4,    /**< double */
+	FERRY_VALUE_STR = 5,       /**< UTF-8, validated; may hold U+0000 */
+	FERRY_VALUE_BYTES = 6,     /**< bytes, optionally with a typed view */
+	FERRY_VALUE_ARRAY = 7,     /**< array */
+	FERRY_VALUE_MAP = 8,       /**< string keys, insertion order */
+	FERRY_VALUE_BUF = 9,       /**< handle: a buffer (cloned or transferred) */
+	FERRY_VALUE_SHARED = 10,   /**< handle: a shared buffer */
+	FERRY_VALUE_PORT = 11,     /**< handle: a port */
 };
 
-/* Typed views of bytes (JS typed arrays), carried as RFC 8746 tags. */
+/** Typed views of bytes (JS typed arrays), carried as RFC 8746 tags. */
 enum ferry_typed {
-	FERRY_TYPED_NONE = 0, /* plain bytes (an ArrayBuffer) */
-	FERRY_TYPED_U8,
-	FERRY_TYPED_U8_CLAMPED,
-	FERRY_TYPED_I8,
-	FERRY_TYPED_U16,
-	FERRY_TYPED_I16,
-	FERRY_TYPED_U32,
-	FERRY_TYPED_I32,
-	FERRY_TYPED_U64,
-	FERRY_TYPED_I64,
-	FERRY_TYPED_F32,
-	FERRY_TYPED_F64,
+	FERRY_TYPED_NONE = 0, /**< plain bytes (an ArrayBuffer) */
+	FERRY_TYPED_U8,       /**< Uint8Array */
+	FERRY_TYPED_U8_CLAMPED, /**< Uint8ClampedArray */
+	FERRY_TYPED_I8,       /**< Int8Array */
+	FERRY_TYPED_U16,      /**< Uint16Array */
+	FERRY_TYPED_I16,      /**< Int16Array */
+	FERRY_TYPED_U32,      /**< Uint32Array */
+	FERRY_TYPED_I32,      /**< Int32Array */
+	FERRY_TYPED_U64,      /**< BigUint64Array */
+	FERRY_TYPED_I64,      /**< BigInt64Array */
+	FERRY_TYPED_F32,      /**< Float32Array */
+	FERRY_TYPED_F64,      /**< Float64Array */
 };
 
-/* ferry_value_kind_name - "null", "map", "port", ...; "?" if unknown. */
+/** The name of a kind: "null", "map", "port", ...; "?" if unknown. */
 FERRY_API const char *ferry_value_kind_name(enum ferry_value_kind kind);
 
-/* ferry_typed_elem_size - bytes per element of @t (1 for NONE), 0 if unknown. */
+/** Bytes per element of @p t (1 for NONE), 0 if unknown. */
 FERRY_API size_t ferry_typed_elem_size(enum ferry_typed t);
 
 /*
@@ -128,108 +131,142 @@ FERRY_API size_t ferry_typed_elem_size(enum ferry_typed t);
  * length, a string that is not valid UTF-8, a bad kind) with ferry_errmsg().
  * Data is copied; the caller keeps its pointers.
  */
+/** A new null value in a graph of its own; NULL on failure (-ENOMEM). */
 FERRY_API ferry_value *ferry_value_null(void);
+/** A new undefined value in a graph of its own; NULL on failure (-ENOMEM). */
 FERRY_API ferry_value *ferry_value_undefined(void);
+/** A new bool value in a graph of its own; NULL on failure (-ENOMEM). */
 FERRY_API ferry_value *ferry_value_bool(bool b);
+/** A new int value in a graph of its own; NULL on failure (-ENOMEM). */
 FERRY_API ferry_value *ferry_value_int(int64_t i);
+/** A new double value in a graph of its own; NULL on failure (-ENOMEM). */
 FERRY_API ferry_value *ferry_value_double(double d);
-/* @s NUL-terminated, UTF-8. */
+/** A new string value (a copy of @p s: NUL-terminated, UTF-8); NULL on
+ * failure (-ENOMEM, -EINVAL: NULL or not valid UTF-8; ferry_errmsg() says). */
 FERRY_API ferry_value *ferry_value_str(const char *s);
-/* @len bytes of UTF-8 at @s (may contain NULs). The stored copy is NUL-terminated. */
+/** A new string value from @p len bytes of UTF-8 at @p s (may contain NULs).
+ * The stored copy is NUL-terminated. NULL on failure (-ENOMEM; -EINVAL: NULL
+ * @p s with a non-zero length, not valid UTF-8). */
 FERRY_API ferry_value *ferry_value_strn(const char *s, size_t len);
-/* @len bytes at @data; @data NULL gives @len zero bytes to fill in place. */
+/** A new bytes value: a copy of @p len bytes at @p data; @p data NULL gives
+ * @p len zero bytes to fill in place. NULL on failure (-ENOMEM). */
 FERRY_API ferry_value *ferry_value_bytes(const void *data, size_t len);
-/* Bytes with a typed view; @len (bytes) must be a multiple of the element
- * size. @data NULL gives zeroes. */
+/** Bytes with a typed view; @p len (bytes) must be a multiple of the element
+ * size. @p data NULL gives zeroes. NULL on failure (-ENOMEM; -EINVAL: a bad
+ * view or length). */
 FERRY_API ferry_value *ferry_value_typed(enum ferry_typed t, const void *data, size_t len);
+/** A new empty array in a graph of its own; NULL on failure (-ENOMEM). */
 FERRY_API ferry_value *ferry_value_array(void);
+/** A new empty map in a graph of its own; NULL on failure (-ENOMEM). */
 FERRY_API ferry_value *ferry_value_map(void);
-/* A reference to @handle (not NULL); @kind is FERRY_VALUE_BUF, _SHARED or
- * _PORT. The value never owns or touches @handle. */
+/** A reference to @p handle (not NULL); @p kind is FERRY_VALUE_BUF, _SHARED
+ * or _PORT. The value never owns or touches @p handle. NULL on failure
+ * (-ENOMEM; -EINVAL: NULL handle, a bad kind). */
 FERRY_API ferry_value *ferry_value_handle(enum ferry_value_kind kind, void *handle);
 
-/*
- * ferry_value_free - free the whole graph @v belongs to (see the overview):
+/**
+ * Free the whole graph @p v belongs to (see the overview):
  * every value ever joined to it, cycles included. NULL ok. Every value of
  * the graph is invalid afterwards.
  */
 FERRY_API void ferry_value_free(ferry_value *v);
 
-/* ferry_value_kind - the kind of @v; FERRY_VALUE_UNDEFINED for NULL (like a
- * missing property in JS). */
+/** The kind of @p v; FERRY_VALUE_UNDEFINED for NULL (like a missing property
+ * in JS). */
 FERRY_API enum ferry_value_kind ferry_value_kind(const ferry_value *v);
 
-/* ferry_value_len - items of an array, entries of a map, bytes of a string or
- * bytes value; 0 for anything else (and NULL). */
+/** Items of an array, entries of a map, bytes of a string or bytes value; 0
+ * for anything else (and NULL). */
 FERRY_API size_t ferry_value_len(const ferry_value *v);
 
 /*
- * Getters. The scalar ones store into *@out and return 0, or return -EINVAL
- * (NULL argument, other kind: *@out untouched). No conversions: an int is not
+ * Getters. The scalar ones store into *out and return 0, or return -EINVAL
+ * (NULL argument, other kind: *out untouched). No conversions: an int is not
  * a double. Pointers returned point into the graph: valid until it is freed.
  */
+/** The bool in *@p out. No conversions.
+ * @return 0, -EINVAL (NULL argument, other kind: *out untouched). */
 FERRY_API int ferry_value_get_bool(const ferry_value *v, bool *out);
+/** The int in *@p out. No conversions: an int is not a double.
+ * @return 0, -EINVAL (NULL argument, other kind: *out untouched). */
 FERRY_API int ferry_value_get_int(const ferry_value *v, int64_t *out);
+/** The double in *@p out. No conversions: an int is not a double.
+ * @return 0, -EINVAL (NULL argument, other kind: *out untouched). */
 FERRY_API int ferry_value_get_double(const ferry_value *v, double *out);
-/* The string (NUL-terminated) and its length in bytes (@len may be NULL);
- * NULL if @v is not a string. */
+/** The string (NUL-terminated; points into the graph) and its length in
+ * bytes (@p len may be NULL); NULL if @p v is not a string. */
 FERRY_API const char *ferry_value_get_str(const ferry_value *v, size_t *len);
-/* The bytes (writable in place; never NULL for a bytes value, even empty)
- * and their length (@len may be NULL); NULL if @v is not bytes. */
+/** The bytes (writable in place; never NULL for a bytes value, even empty)
+ * and their length (@p len may be NULL); NULL if @p v is not bytes. */
 FERRY_API void *ferry_value_get_bytes(const ferry_value *v, size_t *len);
-/* The typed view of a bytes value; FERRY_TYPED_NONE for plain bytes and for
+/** The typed view of a bytes value; FERRY_TYPED_NONE for plain bytes and for
  * anything that is not bytes. */
 FERRY_API enum ferry_typed ferry_value_get_typed(const ferry_value *v);
-/* The handle of a BUF / SHARED / PORT value and its kind (@kind may be NULL);
- * NULL if @v is not a handle reference. */
+/** The handle of a BUF / SHARED / PORT value and its kind (@p kind may be
+ * NULL); NULL if @p v is not a handle reference. */
 FERRY_API void *ferry_value_get_handle(const ferry_value *v, enum ferry_value_kind *kind);
 
-/*
- * Arrays.
- * ferry_value_array_push - append @v to @a.
- * ferry_value_array_set - replace item @i (< len) of @a with @v.
- * Ownership: @v (and its whole graph) joins @a's graph whether or not the
- *   call succeeds, so an inline ferry_value_array_push(a, ferry_value_int(1))
- *   never leaks; free @a's graph to release it. If @a is NULL or not an
- *   array, nothing happens and @v stays the caller's. @v may be @a itself or
- *   any value already in the graph (shared references, cycles).
- * Returns: 0, -EINVAL (NULL @a or @v, @a not an array, @i out of range),
- *   -ENOMEM, -EOVERFLOW (more than UINT32_MAX items).
+/**
+ * Append @p v to array @p a.
+ *
+ * @par Ownership
+ *   @p v (and its whole graph) joins @p a's graph whether or not the call
+ *   succeeds, so an inline ferry_value_array_push(a, ferry_value_int(1))
+ *   never leaks; free @p a's graph to release it. If @p a is NULL or not an
+ *   array, nothing happens and @p v stays the caller's. @p v may be @p a
+ *   itself or any value already in the graph (shared references, cycles).
+ * @return 0, -EINVAL (NULL @p a or @p v, @p a not an array), -ENOMEM,
+ *   -EOVERFLOW (more than UINT32_MAX items).
  */
 FERRY_API int ferry_value_array_push(ferry_value *a, ferry_value *v);
+/**
+ * Replace item @p i (< len) of array @p a with @p v.
+ *
+ * @par Ownership
+ *   as for ferry_value_array_push: @p v joins @p a's graph whether or not
+ *   the call succeeds (unless @p a is NULL or not an array).
+ * @return 0, -EINVAL (NULL @p a or @p v, @p a not an array, @p i out of
+ *   range), -ENOMEM.
+ */
 FERRY_API int ferry_value_array_set(ferry_value *a, size_t i, ferry_value *v);
-/* Item @i of @a, or NULL (not an array, out of range). */
+/** Item @p i of @p a, or NULL (not an array, out of range). */
 FERRY_API ferry_value *ferry_value_array_get(const ferry_value *a, size_t i);
 
-/*
+/**
+ * Set @p key (NUL-terminated) of map @p m to @p v.
+ *
  * Maps: string keys in insertion order; setting an existing key replaces its
- * value in place (the key keeps its position).
- * ferry_value_map_set - @key NUL-terminated; ferry_value_map_setn - @klen
- *   bytes at @key. The key is copied; it must be valid UTF-8.
- * Ownership: as for ferry_value_array_push: @v joins @m's graph whether or
- *   not the call succeeds (unless @m is NULL or not a map).
- * Returns: 0, -EINVAL (NULL argument, @m not a map, key not UTF-8), -ENOMEM,
+ * value in place (the key keeps its position). The key is copied; it must be
+ * valid UTF-8.
+ * @par Ownership
+ *   as for ferry_value_array_push: @p v joins @p m's graph whether or not the
+ *   call succeeds (unless @p m is NULL or not a map).
+ * @return 0, -EINVAL (NULL argument, @p m not a map, key not UTF-8), -ENOMEM,
  *   -EOVERFLOW.
  */
 FERRY_API int ferry_value_map_set(ferry_value *m, const char *key, ferry_value *v);
+/** ferry_value_map_set with a key of @p klen bytes at @p key. Same ownership
+ * and returns. */
 FERRY_API int ferry_value_map_setn(ferry_value *m, const char *key, size_t klen,
 				   ferry_value *v);
-/* The value under @key, or NULL (absent, @m not a map). Maps of more than a
- * few entries keep a hash index: lookups are O(1). */
+/** The value under @p key, or NULL (absent, @p m not a map). Maps of more
+ * than a few entries keep a hash index: lookups are O(1). */
 FERRY_API ferry_value *ferry_value_map_get(const ferry_value *m, const char *key);
+/** ferry_value_map_get with a key of @p klen bytes at @p key. */
 FERRY_API ferry_value *ferry_value_map_getn(const ferry_value *m, const char *key,
 					    size_t klen);
-/*
- * Iteration in insertion order, i from 0 to ferry_value_len(m) - 1:
- * ferry_value_map_key - key @i (NUL-terminated) and its length (@klen may be
- *   NULL); ferry_value_map_value - value @i. NULL if @m is not a map or @i is
- *   out of range.
- */
+/** Key @p i (NUL-terminated) of @p m in insertion order, i from 0 to
+ * ferry_value_len(m) - 1, and its length (@p klen may be NULL). NULL if @p m
+ * is not a map or @p i is out of range. */
 FERRY_API const char *ferry_value_map_key(const ferry_value *m, size_t i, size_t *klen);
+/** Value @p i of @p m in insertion order; NULL if @p m is not a map or @p i
+ * is out of range. */
 FERRY_API ferry_value *ferry_value_map_value(const ferry_value *m, size_t i);
 
-/*
- * ferry_value_equal - deep equality of two graphs, for tests: same kinds,
+/**
+ * Deep equality of two graphs, for tests.
+ *
+ * Same kinds,
  * same scalars (doubles bit for bit: NaN equals the same NaN, -0 is not 0),
  * same strings and bytes and typed views, same keys in the same order, same
  * handle pointers, and the same shape: where @a reaches one array, map or
@@ -241,23 +278,23 @@ FERRY_API bool ferry_value_equal(const ferry_value *a, const ferry_value *b);
 
 /* ---- the clone codec ---- */
 
-/* Most arrays and maps nested in one another that encode and decode accept
+/** Most arrays and maps nested in one another that encode and decode accept
  * (the root container is level 1). */
 #define FERRY_CLONE_MAX_DEPTH 128
 
 /* The private CBOR tags of handle references (first-come-first-served range;
  * "fer" then 1..3), each around an unsigned index into the handle table. */
-#define FERRY_CLONE_TAG_BUF 0x66657201u
-#define FERRY_CLONE_TAG_SHARED 0x66657202u
-#define FERRY_CLONE_TAG_PORT 0x66657203u
+#define FERRY_CLONE_TAG_BUF 0x66657201u    /**< CBOR tag of a buffer reference */
+#define FERRY_CLONE_TAG_SHARED 0x66657202u /**< CBOR tag of a shared buffer reference */
+#define FERRY_CLONE_TAG_PORT 0x66657203u   /**< CBOR tag of a port reference */
 
-/* One entry of a message's handle table. */
+/** One entry of a message's handle table. */
 struct ferry_clone_handle {
-	enum ferry_value_kind kind; /* FERRY_VALUE_BUF, _SHARED or _PORT */
-	void *handle;
+	enum ferry_value_kind kind; /**< FERRY_VALUE_BUF, _SHARED or _PORT */
+	void *handle;               /**< the handle pointer */
 };
 
-/*
+/**
  * The handle table an encode fills: items[0..count) in order of first
  * appearance in the value, each handle (pointer) once. Caller's memory:
  * ferry_clone_handles_init() it (or zero it), reuse it for any number of
@@ -265,70 +302,77 @@ struct ferry_clone_handle {
  * free what it holds.
  */
 struct ferry_clone_handles {
-	struct ferry_clone_handle *items; /* malloc'd; may be realloc'd to add entries */
-	size_t count;
-	size_t cap; /* entries allocated at items */
+	struct ferry_clone_handle *items; /**< malloc'd; may be realloc'd to add entries */
+	size_t count;                     /**< entries in use */
+	size_t cap;                       /**< entries allocated at items */
 };
+/** Make @p h an empty table (the same as zeroing it). */
 FERRY_API void ferry_clone_handles_init(struct ferry_clone_handles *h);
+/** Free what @p h holds; it is empty (and reusable) afterwards. */
 FERRY_API void ferry_clone_handles_fini(struct ferry_clone_handles *h);
 
 /* Bits of ferry_clone_encode_opts.deny. */
-#define FERRY_CLONE_DENY_BUF (1u << FERRY_VALUE_BUF)
-#define FERRY_CLONE_DENY_SHARED (1u << FERRY_VALUE_SHARED)
-#define FERRY_CLONE_DENY_PORT (1u << FERRY_VALUE_PORT)
+#define FERRY_CLONE_DENY_BUF (1u << FERRY_VALUE_BUF)       /**< refuse buffer references */
+#define FERRY_CLONE_DENY_SHARED (1u << FERRY_VALUE_SHARED) /**< refuse shared buffer references */
+#define FERRY_CLONE_DENY_PORT (1u << FERRY_VALUE_PORT)     /**< refuse port references */
 
-/* Encode options; all zero (or a NULL pointer) means the defaults. */
+/** Encode options; all zero (or a NULL pointer) means the defaults. */
 struct ferry_clone_encode_opts {
-	unsigned deny;      /* FERRY_CLONE_DENY_*: handle kinds this message refuses */
-	unsigned max_depth; /* 0 = FERRY_CLONE_MAX_DEPTH; at most that */
+	unsigned deny;      /**< FERRY_CLONE_DENY_*: handle kinds this message refuses */
+	unsigned max_depth; /**< 0 = FERRY_CLONE_MAX_DEPTH; at most that */
 };
 
-/*
- * ferry_clone_encode - write the clone of the graph reachable from @v into
- * @buf (@cap bytes), in one pass.
- * @len: set to the bytes written on success; with -ENOBUFS, to the size the
- *   clone needs (call again with at least that much).
- * @handles: filled with the handle table (may be NULL when @v holds no
+/**
+ * Write the clone of the graph reachable from @p v into @p buf, in one pass.
+ *
+ * @param v the root of the graph; only read. The caller keeps everything.
+ * @param buf where to write; may be NULL when @p cap is 0 (a size query:
+ *   -ENOBUFS and the size). Bytes of @p buf past *len (and, on -ENOBUFS, any
+ *   of its @p cap bytes) may have been written: short strings are copied 16
+ *   bytes at a time. Nothing past @p cap is ever written.
+ * @param cap bytes at @p buf.
+ * @param len set to the bytes written on success; with -ENOBUFS, to the size
+ *   the clone needs (call again with at least that much).
+ * @param handles filled with the handle table (may be NULL when @p v holds no
  *   handle reference). Its content is unspecified after a failure.
- * @buf may be NULL when @cap is 0 (a size query: -ENOBUFS and the size).
- *   Bytes of @buf past *@len (and, on -ENOBUFS, any of its @cap bytes) may
- *   have been written: short strings are copied 16 bytes at a time. Nothing
- *   past @cap is ever written.
- * Ownership: @v is only read. The caller keeps everything.
- * Returns: 0, -EINVAL (NULL @v or @len, NULL @buf with @cap > 0, bad
+ * @param opts NULL for defaults.
+ * @return 0, -EINVAL (NULL @p v or @p len, NULL @p buf with @p cap > 0, bad
  *   options, one handle referenced with two different kinds), -ENOBUFS,
- *   -ENOMEM, FERRY_ENOTCLONEABLE (a handle kind @opts denies, a handle with
- *   no @handles to put it in, nesting deeper than the depth limit).
+ *   -ENOMEM, FERRY_ENOTCLONEABLE (a handle kind @p opts denies, a handle with
+ *   no @p handles to put it in, nesting deeper than the depth limit).
  */
 FERRY_API int ferry_clone_encode(const ferry_value *v, void *buf, size_t cap, size_t *len,
 				 struct ferry_clone_handles *handles,
 				 const struct ferry_clone_encode_opts *opts);
 
-/*
- * ferry_clone_size - the exact size ferry_clone_encode will need for @v with
- * @opts, in *@len. Costs about as much as an encode.
- * Returns: 0, or what ferry_clone_encode returns (never -ENOBUFS).
+/**
+ * The exact size ferry_clone_encode will need for @p v with @p opts, in
+ * *@p len. Costs about as much as an encode.
+ *
+ * @return 0, or what ferry_clone_encode returns (never -ENOBUFS).
  */
 FERRY_API int ferry_clone_size(const ferry_value *v, size_t *len,
 			       const struct ferry_clone_encode_opts *opts);
 
-/* Decode options; all zero (or a NULL pointer) means the defaults. */
+/** Decode options; all zero (or a NULL pointer) means the defaults. */
 struct ferry_clone_decode_opts {
-	/* The handle table: a handle tag with index i becomes a value of
+	/** The handle table: a handle tag with index i becomes a value of
 	 * handles[i].handle, after checking i < nhandles and that the tag's
 	 * kind is handles[i].kind. No table: any handle tag is an error. */
 	const struct ferry_clone_handle *handles;
-	size_t nhandles;
-	unsigned max_depth; /* 0 = FERRY_CLONE_MAX_DEPTH; at most that */
+	size_t nhandles;    /**< entries at handles */
+	unsigned max_depth; /**< 0 = FERRY_CLONE_MAX_DEPTH; at most that */
 };
 
-/*
- * ferry_clone_decode - rebuild the value graph cloned into the @len bytes at
- * @buf (exactly one CBOR data item, nothing after it).
- * Ownership: on success *@out is the root of a new graph, the caller's
- *   (ferry_value_free); it does not point into @buf. On failure *@out is NULL
- *   and nothing is left allocated.
- * Returns: 0, -EINVAL (NULL @out, NULL @buf with @len > 0, bad options),
+/**
+ * Rebuild the value graph cloned into the @p len bytes at @p buf (exactly one
+ * CBOR data item, nothing after it).
+ *
+ * @par Ownership
+ *   on success *out is the root of a new graph, the caller's
+ *   (ferry_value_free); it does not point into @p buf. On failure *out is
+ *   NULL and nothing is left allocated.
+ * @return 0, -EINVAL (NULL @p out, NULL @p buf with @p len > 0, bad options),
  *   -EBADMSG (malformed or refused input: ferry_errmsg() gives the byte
  *   offset and the reason), -ENOMEM.
  */

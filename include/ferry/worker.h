@@ -1,5 +1,6 @@
-/*
- * ferry/worker.h - workers on two isolation backends behind one API.
+/**
+ * @file
+ * @brief Workers on two isolation backends behind one API.
  *
  * A worker runs an entry function either on a new thread (FERRY_THREAD: shares
  * the address space; cheapest) or in a forked child process (FERRY_PROCESS:
@@ -60,60 +61,67 @@
 extern "C" {
 #endif
 
+/** A worker, as its parent holds it (opaque). */
 typedef struct ferry_worker ferry_worker;
+/** The worker's own view of itself, given to its entry function (opaque). */
 typedef struct ferry_worker_ctx ferry_worker_ctx;
+/** A worker's entry function; its return value is the worker's exit code. */
 typedef int (*ferry_worker_fn)(ferry_worker_ctx *ctx);
 
+/** Where a worker runs. */
 enum ferry_backend {
-	FERRY_THREAD = 0,  /* default */
-	FERRY_PROCESS = 1,
+	FERRY_THREAD = 0,  /**< a thread of this process (default) */
+	FERRY_PROCESS = 1, /**< a forked child process */
 };
 
-/* How a process worker is started (ferry_worker_opts.spawn). */
+/** How a process worker is started (ferry_worker_opts.spawn). */
 enum ferry_spawn {
-	/* Default: through the fork server when one runs, the caller has other
+	/** Default: through the fork server when one runs, the caller has other
 	 * threads and opts.arg is NULL; else a direct fork. */
 	FERRY_SPAWN_AUTO = 0,
-	FERRY_SPAWN_FORK = 1,   /* always fork the caller */
-	FERRY_SPAWN_SERVER = 2, /* always through the fork server (arg must be NULL) */
+	FERRY_SPAWN_FORK = 1,   /**< always fork the caller */
+	FERRY_SPAWN_SERVER = 2, /**< always through the fork server (arg must be NULL) */
 };
 
-/* Most bytes of worker data. */
+/** Most bytes of worker data. */
 #define FERRY_WORKER_DATA_MAX ((size_t)64 * 1024 * 1024)
 
 struct ferry_value;
 struct ferry_xfer;
 
+/** Options of ferry_worker_spawn; zero fields mean defaults. */
 struct ferry_worker_opts {
-	int backend;                 /* enum ferry_backend */
-	ferry_worker_fn entry;       /* required */
-	const void *data;            /* worker data as bytes, copied; may be NULL */
-	size_t data_len;
-	const struct ferry_value *value; /* workerData: cloned into the worker; may be NULL */
-	const struct ferry_xfer *xfer;   /* what @value transfers (buffers, ports); may be NULL */
-	const char *name;            /* for errors and the thread/process name; NULL = "worker" */
-	void *arg;                   /* passed as is (a process worker sees its copy);
+	int backend;                 /**< enum ferry_backend */
+	ferry_worker_fn entry;       /**< required */
+	const void *data;            /**< worker data as bytes, copied; may be NULL */
+	size_t data_len;             /**< bytes at data */
+	const struct ferry_value *value; /**< workerData: cloned into the worker; may be NULL */
+	const struct ferry_xfer *xfer;   /**< what @p value transfers (buffers, ports); may be NULL */
+	const char *name;            /**< for errors and the thread/process name; NULL = "worker" */
+	void *arg;                   /**< passed as is (a process worker sees its copy);
 				      * never through the fork server */
-	struct ferry_channel_opts channel; /* the parent<->worker channel */
-	/* Limits; 0 = inherit. stack_size applies to both backends (a thread's
+	struct ferry_channel_opts channel; /**< the parent<->worker channel */
+	/** Limits; 0 = inherit. stack_size applies to both backends (a thread's
 	 * stack; a process's RLIMIT_STACK); the others to process workers only. */
 	size_t stack_size;
-	uint64_t max_address_space;  /* RLIMIT_AS, bytes */
-	uint64_t max_open_files;     /* RLIMIT_NOFILE */
-	int spawn;                   /* enum ferry_spawn; process workers only */
+	uint64_t max_address_space;  /**< RLIMIT_AS, bytes */
+	uint64_t max_open_files;     /**< RLIMIT_NOFILE */
+	int spawn;                   /**< enum ferry_spawn; process workers only */
 };
 
+/** How a worker ended (ferry_worker_join, the EXIT event). */
 struct ferry_worker_status {
-	int code;       /* exit code when signal == 0 (1 after a terminate) */
-	int signal;     /* the signal that ended a process worker, else 0 */
-	int terminated; /* ended by ferry_worker_terminate */
+	int code;       /**< exit code when signal == 0 (1 after a terminate) */
+	int signal;     /**< the signal that ended a process worker, else 0 */
+	int terminated; /**< ended by ferry_worker_terminate */
 };
 
-/*
- * ferry_worker_spawn - start a worker.
- * Ownership: on success *@out is the caller's (ferry_worker_destroy); the
- *   data was copied. On failure nothing was started and *@out is NULL.
- * Returns: 0, -EINVAL (NULL out/opts, no entry, unknown backend, data_len
+/**
+ * Start a worker.
+ * @par Ownership
+ *   on success *@p out is the caller's (ferry_worker_destroy); the
+ *   data was copied. On failure nothing was started and *@p out is NULL.
+ * @return 0, -EINVAL (NULL out/opts, no entry, unknown backend, data_len
  *   above FERRY_WORKER_DATA_MAX or data NULL with data_len > 0, unknown
  *   spawn, spawn set on a thread worker, FERRY_SPAWN_SERVER with arg),
  *   -ECHILD (FERRY_SPAWN_SERVER without a fork server; or the server is
@@ -122,17 +130,18 @@ struct ferry_worker_status {
  */
 FERRY_API int ferry_worker_spawn(ferry_worker **out, const struct ferry_worker_opts *opts);
 
-/* The parent's port to the worker (owned by the worker handle). */
+/** The parent's port to the worker (owned by the worker handle). */
 FERRY_API ferry_port *ferry_worker_port(ferry_worker *w);
 
-/* The backend, and the process id (the parent's own pid for a thread worker). */
+/** The backend, and the process id (the parent's own pid for a thread worker). */
 FERRY_API int ferry_worker_backend(const ferry_worker *w);
+/** The worker's process id (the parent's own pid for a thread worker). */
 FERRY_API pid_t ferry_worker_pid(const ferry_worker *w);
 
-/*
- * ferry_worker_join - wait up to @timeout_ns for the worker to end and report
+/**
+ * Wait up to @p timeout_ns for the worker to end and report
  * how. May be called again after success (same answer).
- * Returns: 0, -EINVAL, -ETIMEDOUT (still running), -EAGAIN (timeout 0),
+ * @return 0, -EINVAL, -ETIMEDOUT (still running), -EAGAIN (timeout 0),
  *   FERRY_EWORKER (a fork server worker ended, but its server died or was
  *   stopped before reporting how).
  */
@@ -141,53 +150,56 @@ FERRY_API int ferry_worker_join(ferry_worker *w, struct ferry_worker_status *st,
 
 /* ---- events (the parent side of Node's Worker) ---- */
 
+/** What a worker event reports (ferry_worker_event.type). */
 enum ferry_worker_event_type {
-	FERRY_WORKER_ONLINE = 1,       /* the worker started running its entry */
-	FERRY_WORKER_MESSAGE = 2,      /* ev.msg: a message it posted (the caller's) */
-	FERRY_WORKER_MESSAGEERROR = 3, /* a message that did not decode: ev.err, ev.text */
-	FERRY_WORKER_ERROR = 4,        /* it failed (ferry_worker_throw): ev.err, ev.text */
-	FERRY_WORKER_EXIT = 5,         /* it ended: ev.status; the last event */
+	FERRY_WORKER_ONLINE = 1,       /**< the worker started running its entry */
+	FERRY_WORKER_MESSAGE = 2,      /**< ev.msg: a message it posted (the caller's) */
+	FERRY_WORKER_MESSAGEERROR = 3, /**< a message that did not decode: ev.err, ev.text */
+	FERRY_WORKER_ERROR = 4,        /**< it failed (ferry_worker_throw): ev.err, ev.text */
+	FERRY_WORKER_EXIT = 5,         /**< it ended: ev.status; the last event */
 };
 
+/** One event of a worker (ferry_worker_next): Node's Worker events. */
 struct ferry_worker_event {
-	int type;                          /* enum ferry_worker_event_type */
-	ferry_msg *msg;                    /* MESSAGE: the caller's (ferry_msg_free) */
-	int err;                           /* MESSAGEERROR, ERROR: a negative code */
-	char text[256];                    /* MESSAGEERROR, ERROR: what happened */
-	struct ferry_worker_status status; /* EXIT */
+	int type;                          /**< enum ferry_worker_event_type */
+	ferry_msg *msg;                    /**< MESSAGE: the caller's (ferry_msg_free) */
+	int err;                           /**< MESSAGEERROR, ERROR: a negative code */
+	char text[256];                    /**< MESSAGEERROR, ERROR: what happened */
+	struct ferry_worker_status status; /**< EXIT */
 };
 
-/*
- * ferry_worker_next - the worker's next event, waiting up to @timeout_ns.
+/**
+ * The worker's next event, waiting up to @p timeout_ns.
  * Order: ONLINE first, then messages and errors as the worker produced them,
  * then EXIT after every message the worker fully posted. After EXIT, every
  * call returns EXIT again. Use this or ferry_port_recv on the worker's port,
  * not both at once (recv skips ONLINE and ERROR, which are then kept for
- * ferry_worker_online / the status).
- * Returns: 0, -EINVAL, -EAGAIN (nothing now, timeout 0), -ETIMEDOUT.
+ * ferry_worker_online / the status). In an event loop, the same events come
+ * as callbacks: ferry_loop_worker_start (ferry/loop.h).
+ * @return 0, -EINVAL, -EAGAIN (nothing now, timeout 0), -ETIMEDOUT.
  */
 FERRY_API int ferry_worker_next(ferry_worker *w, struct ferry_worker_event *ev,
 				int64_t timeout_ns);
 
-/* 1 once the worker's ONLINE record was seen by the parent, else 0. */
+/** 1 once the worker's ONLINE record was seen by the parent, else 0. */
 FERRY_API int ferry_worker_online(const ferry_worker *w);
 
-/*
- * ferry_worker_terminate - stop the worker (Node's worker.terminate()).
- * Process: SIGTERM, then SIGKILL once @grace_ns has passed without an exit.
+/**
+ * Stop the worker (Node's worker.terminate()).
+ * Process: SIGTERM, then SIGKILL once @p grace_ns has passed without an exit.
  * Thread: asked to stop, and stopped at its next ferry wait or receive
  *   (including one blocked forever in ferry_wait or ferry_port_recv); a
  *   thread spinning in its own code cannot be stopped, and this returns
- *   -ETIMEDOUT after @grace_ns (it will stop at its next ferry call).
+ *   -ETIMEDOUT after @p grace_ns (it will stop at its next ferry call).
  * The worker's exit status then says terminated (code 1, or the signal).
  * Terminating a worker that already exited does nothing and returns 0.
- * Returns: 0 (it has ended), -EINVAL, -ETIMEDOUT (a thread still running),
+ * @return 0 (it has ended), -EINVAL, -ETIMEDOUT (a thread still running),
  *   FERRY_EWORKER (a fork server worker ended unreported, see join).
  */
 FERRY_API int ferry_worker_terminate(ferry_worker *w, int64_t grace_ns);
 
-/*
- * ferry_worker_destroy - release the handle and its port. A process worker
+/**
+ * Release the handle and its port. A process worker
  * still running is killed (SIGKILL) and reaped; a thread worker still running
  * sees its port closed and is detached. NULL ok.
  */
@@ -195,35 +207,39 @@ FERRY_API void ferry_worker_destroy(ferry_worker *w);
 
 /* ---- inside the worker ---- */
 
-/* The worker's port to its parent (owned by the runtime). */
+/** The worker's port to its parent (owned by the runtime). */
 FERRY_API ferry_port *ferry_worker_ctx_port(ferry_worker_ctx *ctx);
-/* The worker's copy of the data (NULL when none), its length in *@len. */
+/** The worker's copy of the data (NULL when none), its length in *@p len. */
 FERRY_API const void *ferry_worker_ctx_data(ferry_worker_ctx *ctx, size_t *len);
+/** opts.arg as given (a process worker sees its own copy of what it pointed
+ * to; NULL for a worker started by the fork server). */
 FERRY_API void *ferry_worker_ctx_arg(ferry_worker_ctx *ctx);
+/** The worker's name (opts.name, or "worker"). */
 FERRY_API const char *ferry_worker_ctx_name(ferry_worker_ctx *ctx);
+/** The worker's backend: FERRY_THREAD or FERRY_PROCESS. */
 FERRY_API int ferry_worker_ctx_backend(ferry_worker_ctx *ctx);
 
-/* workerData: the worker's clone of opts.value (NULL when none); owned by
+/** workerData: the worker's clone of opts.value (NULL when none); owned by
  * the runtime, valid until the worker ends. */
 FERRY_API const struct ferry_value *ferry_worker_ctx_value(ferry_worker_ctx *ctx);
 
-/*
- * ferry_worker_exit - end the calling worker with @code, on either backend
+/**
+ * End the calling worker with @p code, on either backend
  * (process.exit inside a worker: the worker only, never the parent). Its
  * port is closed first, so everything it posted is delivered. Outside a
  * worker it returns -EINVAL and does nothing.
  */
 FERRY_API int ferry_worker_exit(int code);
 
-/*
- * ferry_worker_throw - report a failure to the parent (its ERROR event, with
- * @err and the formatted text) and end the calling worker with exit code 1:
+/**
+ * Report a failure to the parent (its ERROR event, with
+ * @p err and the formatted text) and end the calling worker with exit code 1:
  * an uncaught exception. Outside a worker it returns -EINVAL.
  */
 FERRY_API int ferry_worker_throw(int err, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 
-/* ferry_is_main - 1 outside any worker (worker_threads.isMainThread), else 0. */
+/** 1 outside any worker (worker_threads.isMainThread), else 0. */
 FERRY_API int ferry_is_main(void);
 
 #ifdef __cplusplus

@@ -797,6 +797,89 @@ static void terminate_through_the_server(void)
 	CHECK_EQ(kill(pid, 0), -1, "destroy killed it and the server reaped it");
 }
 
+/* ---- events in a loop ---- */
+
+static int posts_three_then_nine(ferry_worker_ctx *ctx)
+{
+	for (int i = 0; i < 3; i++)
+		ferry_port_post_bytes(ferry_worker_ctx_port(ctx), &i, sizeof i, FERRY_FOREVER);
+	return 9;
+}
+
+static int posts_then_killed(ferry_worker_ctx *ctx)
+{
+	posts_three_then_nine(ctx);
+	raise(SIGKILL);
+	return 0;
+}
+
+struct lw {
+	int types[16], n;
+	int terminate;
+	struct ferry_worker_status st;
+	int err;
+};
+
+static void lw_cb(ferry_loop *loop, ferry_worker *w, struct ferry_worker_event *ev, void *arg)
+{
+	struct lw *s = arg;
+	if (s->n < 16)
+		s->types[s->n++] = ev->type;
+	if (ev->type == FERRY_WORKER_MESSAGE) {
+		ferry_msg_free(ev->msg);
+		if (s->terminate)
+			CHECK_EQ(ferry_worker_terminate(w, T10S), 0, "%s", ferry_errmsg());
+	}
+	if (ev->type == FERRY_WORKER_EXIT) {
+		s->st = ev->status;
+		s->err = ev->err;
+	}
+}
+
+static void loop_watch(const char *lb, ferry_worker_fn fn, int terminate, struct lw *s)
+{
+	setenv("FERRY_LOOP", lb, 1);
+	ferry_loop *loop;
+	CHECK_EQ(ferry_loop_create(&loop, NULL), 0, "%s", ferry_errmsg());
+	ferry_worker *w = spawn_with(FERRY_SPAWN_SERVER, fn, NULL, 0, NULL);
+	memset(s, 0, sizeof *s);
+	s->terminate = terminate;
+	struct ferry_loop_worker_watch ww = { 0 };
+	CHECK_EQ(ferry_loop_worker_start(loop, &ww, w, lw_cb, s), 0, "%s", ferry_errmsg());
+	CHECK_GE(ferry_loop_run(loop, FERRY_RUN_DEFAULT), 0, "%s", ferry_errmsg());
+	CHECK_EQ(s->err, 0);
+	CHECK_GE(s->n, 2);
+	CHECK_EQ(s->types[0], FERRY_WORKER_ONLINE);
+	CHECK_EQ(s->types[s->n - 1], FERRY_WORKER_EXIT);
+	ferry_worker_destroy(w);
+	ferry_loop_destroy(loop);
+}
+
+static void loop_events_through_the_server(void)
+{
+	start_server();
+	const char *loops[] = { "uring", "epoll" };
+	for (int i = 0; i < 2; i++) {
+		setenv("FERRY_LOOP", loops[i], 1);
+		ferry_loop *probe;
+		if (ferry_loop_create(&probe, NULL))
+			continue; /* no io_uring here */
+		ferry_loop_destroy(probe);
+		struct lw s;
+		loop_watch(loops[i], posts_three_then_nine, 0, &s);
+		CHECK_EQ(s.n, 5, "%s: ONLINE, 3 messages, EXIT", loops[i]);
+		CHECK_EQ(s.st.code, 9);
+		loop_watch(loops[i], posts_then_killed, 0, &s);
+		CHECK_EQ(s.n, 5, "%s: the messages of a killed worker, then EXIT", loops[i]);
+		CHECK_EQ(s.st.signal, SIGKILL);
+		loop_watch(loops[i], blocks_in_recv, 1, &s);
+		CHECK_EQ(s.n, 3, "%s: ONLINE, ready, EXIT", loops[i]);
+		CHECK_EQ(s.st.signal, SIGTERM);
+		CHECK_EQ(s.st.terminated, 1);
+	}
+	unsetenv("FERRY_LOOP");
+}
+
 /* ---- choosing the path ---- */
 
 static pid_t parent_of(int spawn, void *arg)
@@ -1055,6 +1138,7 @@ Test(forkserver, two_hundred_workers_while_threads_allocate_and_lock) { run_alon
 Test(forkserver, spawns_from_many_threads_at_once) { run_alone(spawns_from_many_threads_at_once); }
 Test(forkserver, exit_codes_and_crash_signals_come_through_the_server) { run_alone(exit_codes_and_crash_signals_come_through_the_server); }
 Test(forkserver, terminate_through_the_server) { run_alone(terminate_through_the_server); }
+Test(forkserver, loop_events_through_the_server) { run_alone(loop_events_through_the_server); }
 Test(forkserver, auto_uses_the_server_only_when_multithreaded_without_arg) { run_alone(auto_uses_the_server_only_when_multithreaded_without_arg); }
 Test(forkserver, bad_spawn_options) { run_alone(bad_spawn_options); }
 Test(forkserver, server_death_is_reported_not_waited_on) { run_alone(server_death_is_reported_not_waited_on); }

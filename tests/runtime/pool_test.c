@@ -9,10 +9,13 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define SEC (1000LL * 1000 * 1000)
@@ -73,6 +76,8 @@ enum op {
 	OP_BIG,         /* returns a string of x bytes */
 	OP_INFO,        /* returns [worker, backend, data bytes, user pointer] */
 	OP_BUF_CLONE,   /* returns {b: buffer of x bytes} cloned (not transferred) */
+	OP_WDATA,       /* returns [n, sum of b, worker] of the pool's value, bumps word 0 of s */
+	OP_LIMITS,      /* returns [thread stack, RLIMIT_STACK, RLIMIT_NOFILE, RLIMIT_AS, ppid] */
 };
 
 static ferry_value *mapv(int op, int64_t x)
@@ -179,6 +184,48 @@ static int tfn(ferry_pool_ctx *ctx, const ferry_value *arg, ferry_value **res)
 		s[x] = 0;
 		*res = ferry_value_str(s);
 		free(s);
+		return 0;
+	}
+	case OP_WDATA: {
+		const ferry_value *wd = ferry_pool_ctx_value(ctx);
+		if (!wd) {
+			*res = ferry_value_null();
+			return 0;
+		}
+		ferry_buf *b = ferry_value_get_handle(ferry_value_map_get(wd, "b"), NULL);
+		ferry_buf *sb = ferry_value_get_handle(ferry_value_map_get(wd, "s"), NULL);
+		if (!b || !sb || ferry_buf_len(sb) < 4)
+			return ferry_pool_ctx_fail(ctx, -EPROTO, "the value lacks its buffers");
+		const unsigned char *d = ferry_buf_data(b);
+		int64_t sum = 0;
+		for (size_t i = 0; i < ferry_buf_len(b); i++)
+			sum += d[i];
+		__atomic_fetch_add((uint32_t *)ferry_buf_data(sb), 1, __ATOMIC_ACQ_REL);
+		ferry_value *a = ferry_value_array();
+		ferry_value_array_push(a, ferry_value_int(geti(wd, "n")));
+		ferry_value_array_push(a, ferry_value_int(sum));
+		ferry_value_array_push(a, ferry_value_int(ferry_pool_ctx_worker(ctx)));
+		*res = a;
+		return 0;
+	}
+	case OP_LIMITS: {
+		pthread_attr_t at;
+		size_t stack = 0;
+		if (pthread_getattr_np(pthread_self(), &at) == 0) {
+			pthread_attr_getstacksize(&at, &stack);
+			pthread_attr_destroy(&at);
+		}
+		struct rlimit rs, rn, ra;
+		getrlimit(RLIMIT_STACK, &rs);
+		getrlimit(RLIMIT_NOFILE, &rn);
+		getrlimit(RLIMIT_AS, &ra);
+		ferry_value *a = ferry_value_array();
+		ferry_value_array_push(a, ferry_value_int((int64_t)stack));
+		ferry_value_array_push(a, ferry_value_int((int64_t)rs.rlim_cur));
+		ferry_value_array_push(a, ferry_value_int((int64_t)rn.rlim_cur));
+		ferry_value_array_push(a, ferry_value_int((int64_t)ra.rlim_cur));
+		ferry_value_array_push(a, ferry_value_int(getppid()));
+		*res = a;
 		return 0;
 	}
 	case OP_INFO: {
@@ -862,12 +909,11 @@ static void callbacks(int backend)
 		ferry_value_free(v);
 	}
 	cr_expect_eq(ferry_pool_drain(p, 20 * SEC), 0);
+	/* Drained means every outcome is in: the statistics add up at once. */
 	struct ferry_pool_stats st;
-	int64_t end = now_ns() + 20 * SEC;
-	do {
-		ferry_pool_stats(p, &st);
-	} while (st.completed < 120 && now_ns() < end && !usleep(1000));
+	ferry_pool_stats(p, &st);
 	cr_expect_eq(st.completed, 120);
+	cr_expect_eq(st.submitted, 120);
 	ferry_pool_destroy(p, FERRY_FOREVER);
 	cr_expect_eq(atomic_load(&cs.calls), 100);
 }
@@ -1038,3 +1084,417 @@ static void destroy_grace(int backend)
 
 Test(pool, destroy_grace_thread) { destroy_grace(FERRY_THREAD); }
 Test(pool, destroy_grace_process) { destroy_grace(FERRY_PROCESS); }
+
+/* ---- completion callbacks on a loop ---- */
+
+struct lrec {
+	struct lstate *ls;
+	int calls, status;
+	char text[128];
+};
+
+struct lstate {
+	pthread_t loop_thread;
+	_Atomic int total, wrong_thread;
+	int watchdog_fired;
+	struct lrec rec[64];
+};
+
+static void on_loop_done(ferry_pool_task *t, void *arg)
+{
+	struct lrec *r = arg;
+	if (!pthread_equal(pthread_self(), r->ls->loop_thread))
+		atomic_fetch_add(&r->ls->wrong_thread, 1);
+	r->calls++;
+	r->status = ferry_pool_task_status(t);
+	snprintf(r->text, sizeof r->text, "%s", ferry_pool_task_errmsg(t));
+	if (r->status == 0) { /* an int task: its result is twice its value */
+		int64_t v = -1;
+		ferry_value_get_int(ferry_pool_task_value(t), &v);
+		if (v < 0 && ferry_value_kind(ferry_pool_task_value(t)) == FERRY_VALUE_INT)
+			r->status = -12345;
+	}
+	atomic_fetch_add(&r->ls->total, 1);
+}
+
+static void on_watchdog(ferry_loop *loop, uint64_t id, int res, void *arg)
+{
+	struct lstate *ls = arg;
+	ls->watchdog_fired = 1;
+	ferry_loop_stop(loop);
+}
+
+/* Run @loop until nothing keeps it alive (every pending task's callback
+ * ran), bounded by an unreferenced 20 s watchdog. */
+static void run_loop_bounded(ferry_loop *loop, struct lstate *ls)
+{
+	uint64_t wid;
+	cr_assert_eq(ferry_loop_timer(loop, 20 * SEC, 0, on_watchdog, ls, &wid), 0);
+	cr_assert_eq(ferry_loop_ref(loop, wid, 0), 0);
+	int rc = ferry_loop_run(loop, FERRY_RUN_DEFAULT);
+	cr_assert_geq(rc, 0, "ferry_loop_run: %s", ferry_errmsg());
+	cr_assert_eq(ls->watchdog_fired, 0, "the loop ran 20 s: callbacks missing (%d ran)",
+		     atomic_load(&ls->total));
+	ferry_loop_cancel(loop, wid);
+}
+
+static void submit_on_loop(ferry_pool *p, ferry_loop *loop, struct lstate *ls, int i,
+			   ferry_value *v, ferry_pool_task **out)
+{
+	ls->rec[i].ls = ls;
+	struct ferry_pool_submit_opts so = { .done = on_loop_done, .done_arg = &ls->rec[i], .loop = loop };
+	int rc = ferry_pool_submit_ex(p, v, NULL, &so, out);
+	ferry_value_free(v);
+	cr_assert_eq(rc, 0, "submit %d: %s", i, ferry_errmsg());
+}
+
+static void loop_callbacks(int backend, int loop_backend, int destroy_loop_first)
+{
+	struct lstate *ls = calloc(1, sizeof *ls);
+	ls->loop_thread = pthread_self();
+	struct ferry_pool_opts o = { .min_workers = 2, .max_workers = 2 };
+	ferry_pool *p = mk(backend, &o);
+	ferry_loop *loop;
+	struct ferry_loop_opts lo = { .backend = loop_backend };
+	cr_assert_eq(ferry_loop_create(&loop, &lo), 0, "%s", ferry_errmsg());
+	/* 1. Completed, failed (and on processes crashed) tasks: a default run
+	 * returns once every callback ran, all on this thread. */
+	int n = 0;
+	for (; n < 40; n++)
+		submit_on_loop(p, loop, ls, n, ferry_value_int(n), NULL);
+	int fail_i = n++;
+	submit_on_loop(p, loop, ls, fail_i, mapv(OP_FAIL, 7), NULL);
+	int crash_i = -1;
+	if (backend == FERRY_PROCESS) {
+		crash_i = n++;
+		submit_on_loop(p, loop, ls, crash_i, mapv(OP_SEGV, 0), NULL);
+	}
+	run_loop_bounded(loop, ls);
+	cr_expect_eq(atomic_load(&ls->total), n);
+	cr_expect_eq(atomic_load(&ls->wrong_thread), 0);
+	for (int i = 0; i < 40; i++) {
+		cr_expect_eq(ls->rec[i].calls, 1, "task %d: %d calls", i, ls->rec[i].calls);
+		cr_expect_eq(ls->rec[i].status, 0, "task %d: %d %s", i, ls->rec[i].status, ls->rec[i].text);
+	}
+	cr_expect_eq(ls->rec[fail_i].calls, 1);
+	cr_expect_eq(ls->rec[fail_i].status, -EDOM);
+	cr_expect(strstr(ls->rec[fail_i].text, "failing on purpose with 7") != NULL, "%s", ls->rec[fail_i].text);
+	if (crash_i >= 0) {
+		cr_expect_eq(ls->rec[crash_i].calls, 1);
+		cr_expect_eq(ls->rec[crash_i].status, FERRY_EWORKER);
+		cr_expect(strstr(ls->rec[crash_i].text, "killed by SIGSEGV") != NULL, "%s", ls->rec[crash_i].text);
+	}
+	/* 2. Cancelled while running, cancelled while queued, rejected by the
+	 * destroy: each callback still runs once, on this thread. */
+	int base_i = n;
+	submit_on_loop(p, loop, ls, n++, mapv(OP_SPIN_ABORT, 0), NULL);
+	submit_on_loop(p, loop, ls, n++, mapv(OP_SPIN_ABORT, 0), NULL);
+	until(&sh->started, 2);
+	ferry_pool_task *t;
+	int cancel_i = n++;
+	submit_on_loop(p, loop, ls, cancel_i, ferry_value_int(1), &t);
+	cr_expect_eq(ferry_pool_task_cancel(t), 0);
+	ferry_pool_task_free(t); /* the callback still comes */
+	int rej_i = n;
+	for (int i = 0; i < 3; i++)
+		submit_on_loop(p, loop, ls, n++, ferry_value_int(2 + i), NULL);
+	ferry_pool_destroy(p, 0);
+	if (destroy_loop_first) {
+		/* Callbacks posted to a loop that is destroyed run in the destroy. */
+		ferry_loop_destroy(loop);
+		loop = NULL;
+	} else {
+		run_loop_bounded(loop, ls);
+	}
+	cr_expect_eq(atomic_load(&ls->total), n);
+	cr_expect_eq(atomic_load(&ls->wrong_thread), 0);
+	for (int i = base_i; i < n; i++) {
+		cr_expect_eq(ls->rec[i].calls, 1, "task %d: %d calls", i, ls->rec[i].calls);
+		cr_expect_eq(ls->rec[i].status, -ECANCELED, "task %d: %d %s", i, ls->rec[i].status, ls->rec[i].text);
+	}
+	cr_expect(strstr(ls->rec[cancel_i].text, "cancelled before it started") != NULL, "%s", ls->rec[cancel_i].text);
+	for (int i = rej_i; i < n; i++)
+		cr_expect(strstr(ls->rec[i].text, "destroyed before the task started") != NULL, "%s", ls->rec[i].text);
+	ferry_loop_destroy(loop);
+	free(ls);
+}
+
+Test(pool, loop_callbacks_thread) { loop_callbacks(FERRY_THREAD, FERRY_LOOP_AUTO, 0); }
+Test(pool, loop_callbacks_process) { loop_callbacks(FERRY_PROCESS, FERRY_LOOP_AUTO, 0); }
+Test(pool, loop_callbacks_epoll_thread) { loop_callbacks(FERRY_THREAD, FERRY_LOOP_EPOLL, 1); }
+Test(pool, loop_callbacks_epoll_process) { loop_callbacks(FERRY_PROCESS, FERRY_LOOP_EPOLL, 1); }
+
+static void on_loop_resubmit(ferry_pool_task *t, void *arg);
+
+struct chain {
+	ferry_pool *p;
+	ferry_loop *loop;
+	int left, calls, bad;
+};
+
+/* A callback on a loop may call the pool: each one submits the next task. */
+static void on_loop_resubmit(ferry_pool_task *t, void *arg)
+{
+	struct chain *c = arg;
+	c->calls++;
+	int64_t v = -1;
+	if (ferry_pool_task_status(t) || ferry_value_get_int(ferry_pool_task_value(t), &v) || v != 2 * c->left)
+		c->bad++;
+	if (--c->left < 0)
+		return;
+	struct ferry_pool_submit_opts so = { .done = on_loop_resubmit, .done_arg = c, .loop = c->loop };
+	ferry_value *nv = ferry_value_int(c->left);
+	if (ferry_pool_submit_ex(c->p, nv, NULL, &so, NULL))
+		c->bad++;
+	ferry_value_free(nv);
+}
+
+static void loop_chain(int backend)
+{
+	struct ferry_pool_opts o = { .min_workers = 1, .max_workers = 1 };
+	struct chain c = { .p = mk(backend, &o), .left = 20 };
+	cr_assert_eq(ferry_loop_create(&c.loop, NULL), 0);
+	struct ferry_pool_submit_opts so = { .done = on_loop_resubmit, .done_arg = &c, .loop = c.loop };
+	ferry_value *v = ferry_value_int(c.left);
+	cr_assert_eq(ferry_pool_submit_ex(c.p, v, NULL, &so, NULL), 0);
+	ferry_value_free(v);
+	struct lstate ls = { .loop_thread = pthread_self() };
+	run_loop_bounded(c.loop, &ls);
+	cr_expect_eq(c.calls, 21);
+	cr_expect_eq(c.bad, 0);
+	/* Without a callback a loop is refused. */
+	struct ferry_pool_submit_opts bad = { .loop = c.loop };
+	v = ferry_value_int(1);
+	cr_expect_eq(ferry_pool_submit_ex(c.p, v, NULL, &bad, NULL), -EINVAL);
+	cr_expect(strstr(ferry_errmsg(), "opts.loop") != NULL, "%s", ferry_errmsg());
+	ferry_value_free(v);
+	ferry_pool_destroy(c.p, FERRY_FOREVER);
+	ferry_loop_destroy(c.loop);
+}
+
+Test(pool, loop_callback_submits_thread) { loop_chain(FERRY_THREAD); }
+Test(pool, loop_callback_submits_process) { loop_chain(FERRY_PROCESS); }
+
+/* ---- workerData as a value, spawn options ---- */
+
+/* TSan cannot start threads in a child forked from a threaded parent: no
+ * helper runners (concurrency > 1) in process workers under it. */
+#if defined(__SANITIZE_THREAD__)
+#define PROC_CONC 1
+#else
+#define PROC_CONC 2
+#endif
+
+static ferry_value *wdata_value(ferry_buf **b, ferry_buf **sb)
+{
+	cr_assert_eq(ferry_buf_create(b, 16, 0), 0);
+	cr_assert_eq(ferry_buf_create(sb, 64, FERRY_BUF_SHARED), 0);
+	unsigned char *d = ferry_buf_data(*b);
+	for (int i = 0; i < 16; i++)
+		d[i] = (unsigned char)(i + 1);
+	ferry_value *v = mapv(0, 0);
+	ferry_value_map_set(v, "n", ferry_value_int(42));
+	ferry_value_map_set(v, "b", ferry_value_handle(FERRY_VALUE_BUF, *b));
+	ferry_value_map_set(v, "s", ferry_value_handle(FERRY_VALUE_SHARED, *sb));
+	return v;
+}
+
+static void check_wdata(ferry_pool_task *t, int64_t *worker)
+{
+	cr_assert_eq(ferry_pool_task_wait(t, 20 * SEC), 0, "%s", ferry_errmsg());
+	const ferry_value *a = ferry_pool_task_value(t);
+	int64_t n = 0, sum = 0;
+	ferry_value_get_int(ferry_value_array_get(a, 0), &n);
+	ferry_value_get_int(ferry_value_array_get(a, 1), &sum);
+	ferry_value_get_int(ferry_value_array_get(a, 2), worker);
+	cr_expect_eq(n, 42);
+	cr_expect_eq(sum, 136);
+	ferry_pool_task_free(t);
+}
+
+static void worker_value(int backend)
+{
+	ferry_buf *b, *sb;
+	ferry_value *v = wdata_value(&b, &sb);
+	/* (One runner on threads: ferry_worker_exit ends only the worker's own
+	 * thread, not a helper runner.) */
+	struct ferry_pool_opts o = { .min_workers = 1, .max_workers = 1, .value = v,
+				     .concurrency = backend == FERRY_PROCESS ? PROC_CONC : 1 };
+	ferry_pool *p = mk(backend, &o);
+	/* The pool cloned it: the caller's value and plain buffer are free to go. */
+	ferry_value_free(v);
+	ferry_buf_free(b);
+	int64_t w = 0;
+	for (int i = 0; i < 10; i++)
+		check_wdata(submit(p, mapv(OP_WDATA, 0)), &w);
+	cr_expect_eq(w, 1);
+	/* The shared buffer is shared by the workers and the caller. */
+	cr_expect_eq(__atomic_load_n((uint32_t *)ferry_buf_data(sb), __ATOMIC_ACQUIRE), 10);
+	/* A replacement worker gets the value too. */
+	ferry_pool_task *t = submit(p, mapv(OP_EXIT, 3));
+	cr_expect_eq(ferry_pool_task_wait(t, 20 * SEC), FERRY_EWORKER);
+	ferry_pool_task_free(t);
+	check_wdata(submit(p, mapv(OP_WDATA, 0)), &w);
+	cr_expect_eq(w, 2);
+	cr_expect_eq(__atomic_load_n((uint32_t *)ferry_buf_data(sb), __ATOMIC_ACQUIRE), 11);
+	ferry_pool_destroy(p, FERRY_FOREVER);
+	ferry_buf_free(sb);
+	/* No value: NULL in the task. */
+	struct ferry_pool_opts o2 = { .min_workers = 1, .max_workers = 1 };
+	p = mk(backend, &o2);
+	t = submit(p, mapv(OP_WDATA, 0));
+	cr_assert_eq(ferry_pool_task_wait(t, 20 * SEC), 0, "%s", ferry_errmsg());
+	cr_expect_eq(ferry_value_kind(ferry_pool_task_value(t)), FERRY_VALUE_NULL);
+	ferry_pool_task_free(t);
+	ferry_pool_destroy(p, FERRY_FOREVER);
+	/* A port cannot be cloned into many workers: create fails, starts nothing. */
+	ferry_port *a, *c;
+	cr_assert_eq(ferry_channel(&a, &c, NULL), 0);
+	v = ferry_value_handle(FERRY_VALUE_PORT, a);
+	struct ferry_pool_opts o3 = { .backend = backend, .fn = tfn, .min_workers = 1, .value = v };
+	p = (ferry_pool *)1;
+	int rc = ferry_pool_create(&p, &o3);
+	cr_expect_eq(rc, -EINVAL);
+	cr_expect_null(p);
+	cr_expect(strstr(ferry_errmsg(), "opts.value") != NULL, "%s", ferry_errmsg());
+	ferry_value_free(v);
+	ferry_port_destroy(a);
+	ferry_port_destroy(c);
+}
+
+Test(pool, worker_value_thread) { worker_value(FERRY_THREAD); }
+Test(pool, worker_value_process) { worker_value(FERRY_PROCESS); }
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define UNDER_SANITIZER 1
+#else
+#define UNDER_SANITIZER 0
+#endif
+
+static int64_t limit_of(ferry_pool_task *t, int i)
+{
+	cr_assert_eq(ferry_pool_task_wait(t, 20 * SEC), 0, "%s", ferry_errmsg());
+	int64_t v = -1;
+	ferry_value_get_int(ferry_value_array_get(ferry_pool_task_value(t), (size_t)i), &v);
+	return v;
+}
+
+static void spawn_options(int backend)
+{
+	const size_t stack = 1024 * 1024;
+	const uint64_t as = UNDER_SANITIZER ? 0 : (uint64_t)64 << 30;
+	struct ferry_pool_opts o = { .min_workers = 1, .max_workers = 1, .stack_size = stack,
+				     .concurrency = backend == FERRY_PROCESS ? PROC_CONC : 2 };
+	if (backend == FERRY_PROCESS) {
+		o.max_open_files = 200;
+		o.max_address_space = as;
+	}
+	ferry_pool *p = mk(backend, &o);
+	/* Both runners (the worker's thread and its helper) answer. */
+	ferry_pool_task *t[8];
+	for (int i = 0; i < 8; i++)
+		t[i] = submit(p, mapv(OP_LIMITS, 0));
+	for (int i = 0; i < 8; i++) {
+		if (backend == FERRY_THREAD) {
+			int64_t got = limit_of(t[i], 0);
+			cr_expect(got >= (int64_t)stack && got < (int64_t)stack + 256 * 1024,
+				  "thread stack %lld, want %zu", (long long)got, stack);
+		} else {
+			cr_expect_eq(limit_of(t[i], 1), (int64_t)stack);
+			cr_expect_eq(limit_of(t[i], 2), 200);
+			if (as)
+				cr_expect_eq(limit_of(t[i], 3), (int64_t)as);
+			cr_expect_eq(limit_of(t[i], 4), getpid());
+		}
+		ferry_pool_task_free(t[i]);
+	}
+	ferry_pool_destroy(p, FERRY_FOREVER);
+	/* The options are checked at create, workers or not. */
+	struct ferry_pool_opts ok = { .backend = backend, .fn = tfn, .min_workers = FERRY_POOL_MIN_NONE };
+	struct ferry_pool_opts e;
+	e = ok; e.stack_size = 100; create_fails(e, "opts.stack_size");
+	e = ok; e.spawn = 9; create_fails(e, "opts.spawn");
+	if (backend == FERRY_THREAD) {
+		e = ok; e.max_open_files = 64; create_fails(e, "opts.max_open_files");
+		e = ok; e.max_address_space = 1 << 30; create_fails(e, "opts.max_address_space");
+		e = ok; e.spawn = FERRY_SPAWN_FORK; create_fails(e, "opts.spawn");
+	} else {
+		e = ok; e.spawn = FERRY_SPAWN_SERVER; e.arg = &e; create_fails(e, "opts.arg");
+		/* No fork server in this process: the first worker cannot start. */
+		e = ok; e.min_workers = 1; e.spawn = FERRY_SPAWN_SERVER;
+		p = (ferry_pool *)1;
+		cr_expect_eq(ferry_pool_create(&p, &e), -ECHILD, "%s", ferry_errmsg());
+		cr_expect_null(p);
+	}
+}
+
+Test(pool, spawn_options_thread) { spawn_options(FERRY_THREAD); }
+Test(pool, spawn_options_process) { spawn_options(FERRY_PROCESS); }
+
+/* In a single-threaded child: a fork server, and a pool whose process
+ * workers it starts (with the pool's value). Exit codes say what failed. */
+static int via_server_main(void *arg)
+{
+	(void)arg;
+	struct ferry_init_opts io = { .fork_server = 1 };
+	if (ferry_init(&io))
+		return 77;
+	pid_t server = ferry_fork_server_pid();
+	ferry_buf *b, *sb;
+	ferry_buf_create(&b, 16, 0);
+	ferry_buf_create(&sb, 64, FERRY_BUF_SHARED);
+	unsigned char *d = ferry_buf_data(b);
+	for (int i = 0; i < 16; i++)
+		d[i] = (unsigned char)(i + 1);
+	ferry_value *v = mapv(0, 0);
+	ferry_value_map_set(v, "n", ferry_value_int(42));
+	ferry_value_map_set(v, "b", ferry_value_handle(FERRY_VALUE_BUF, b));
+	ferry_value_map_set(v, "s", ferry_value_handle(FERRY_VALUE_SHARED, sb));
+	struct ferry_pool_opts o = { .backend = FERRY_PROCESS, .fn = tfn, .min_workers = 1, .max_workers = 1,
+				     .spawn = FERRY_SPAWN_SERVER, .value = v, .max_open_files = 100 };
+	ferry_pool *p;
+	int code = 0;
+	if (ferry_pool_create(&p, &o)) {
+		fprintf(stderr, "create: %s\n", ferry_errmsg());
+		code = 10;
+	}
+	ferry_value_free(v);
+	ferry_buf_free(b);
+	for (int i = 0; code == 0 && i < 2; i++) {
+		ferry_value *a = mapv(i ? OP_WDATA : OP_LIMITS, 0);
+		ferry_pool_task *t = NULL;
+		if (ferry_pool_submit(p, a, NULL, &t) || ferry_pool_task_wait(t, 20 * SEC)) {
+			fprintf(stderr, "task %d: %s\n", i, ferry_errmsg());
+			code = 11;
+		} else {
+			const ferry_value *r = ferry_pool_task_value(t);
+			int64_t x = -1, y = -1;
+			ferry_value_get_int(ferry_value_array_get(r, i ? 0 : 4), &x);
+			ferry_value_get_int(ferry_value_array_get(r, i ? 1 : 2), &y);
+			if (i == 0 && (x != server || y != 100))
+				code = 12; /* not the server's child, or no limit */
+			if (i == 1 && (x != 42 || y != 136))
+				code = 13;
+		}
+		ferry_value_free(a);
+		ferry_pool_task_free(t);
+	}
+	if (code == 0)
+		ferry_pool_destroy(p, FERRY_FOREVER);
+	if (code == 0 && __atomic_load_n((uint32_t *)ferry_buf_data(sb), __ATOMIC_ACQUIRE) != 1)
+		code = 14;
+	ferry_buf_free(sb);
+	ferry_fini();
+	return code;
+}
+
+Test(pool, process_workers_through_the_fork_server)
+{
+	pid_t pid = tu_fork(via_server_main, NULL);
+	int st = tu_wait(pid, 60 * 1000);
+	cr_assert_neq(st, -1, "the scenario did not end within 60 s (killed)");
+	cr_assert(WIFEXITED(st), "the scenario died by signal %d", WTERMSIG(st));
+	if (WEXITSTATUS(st) == 77)
+		cr_skip("no fork server here: %s", "ferry_init failed");
+	cr_assert_eq(WEXITSTATUS(st), 0, "scenario failed with code %d", WEXITSTATUS(st));
+}

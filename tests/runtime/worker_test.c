@@ -13,6 +13,7 @@
 #include <unistd.h>
 #include <pthread.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 
 static struct tu_baseline base;
 
@@ -734,4 +735,65 @@ Test(worker, nested_from_process) {
 	ferry_worker *w = spawn(FERRY_PROCESS, spawns_both, NULL, 0, NULL);
 	join_expect(w, 0, 0);
 	ferry_worker_destroy(w);
+}
+
+/* ---- a thread worker's channel is recycled: it starts clean ---- */
+
+static int floods_and_leaves(ferry_worker_ctx *ctx)
+{
+	ferry_port *p = ferry_worker_ctx_port(ctx);
+	for (int i = 0; i < 500; i++)
+		if (ferry_port_post_bytes(p, "stale", 5, 0))
+			break; /* full: good enough */
+	return 3;
+}
+
+static int says_fresh(ferry_worker_ctx *ctx)
+{
+	ferry_msg *m;
+	if (ferry_port_recv(ferry_worker_ctx_port(ctx), &m, T10S))
+		return 1;
+	int ok = ferry_msg_len(m) == 4 && memcmp(ferry_msg_data(m), "ping", 4) == 0;
+	ferry_msg_free(m);
+	if (!ok)
+		return 2;
+	return ferry_port_post_bytes(ferry_worker_ctx_port(ctx), "fresh", 5, T10S) ? 3 : 0;
+}
+
+Test(worker, recycled_thread_channels_start_clean)
+{
+	for (int round = 0; round < 20; round++) {
+		/* Leave messages unread in both directions, then destroy. */
+		struct ferry_worker_opts o = { .entry = floods_and_leaves };
+		ferry_worker *w;
+		cr_assert_eq(ferry_worker_spawn(&w, &o), 0, "%s", ferry_errmsg());
+		ferry_port_post_bytes(ferry_worker_port(w), "junk", 4, 0);
+		struct ferry_worker_status st;
+		cr_assert_eq(ferry_worker_join(w, &st, T10S), 0);
+		cr_assert_eq(st.code, 3);
+		ferry_worker_destroy(w);
+		if (round == 10) { /* a fork in between: nothing shared is reused */
+			pid_t pid = fork();
+			if (pid == 0)
+				_exit(0);
+			cr_assert_gt(pid, 0);
+			waitpid(pid, NULL, 0);
+		}
+
+		o.entry = says_fresh;
+		cr_assert_eq(ferry_worker_spawn(&w, &o), 0, "%s", ferry_errmsg());
+		cr_assert_eq(ferry_port_post_bytes(ferry_worker_port(w), "ping", 4, T10S), 0);
+		struct ferry_worker_event ev;
+		cr_assert_eq(ferry_worker_next(w, &ev, T10S), 0);
+		cr_assert_eq(ev.type, FERRY_WORKER_ONLINE);
+		cr_assert_eq(ferry_worker_next(w, &ev, T10S), 0);
+		cr_assert_eq(ev.type, FERRY_WORKER_MESSAGE, "round %d: got event %d", round, ev.type);
+		cr_assert_eq(ferry_msg_len(ev.msg), 5);
+		cr_assert_eq(memcmp(ferry_msg_data(ev.msg), "fresh", 5), 0);
+		ferry_msg_free(ev.msg);
+		cr_assert_eq(ferry_worker_next(w, &ev, T10S), 0);
+		cr_assert_eq(ev.type, FERRY_WORKER_EXIT);
+		cr_assert_eq(ev.status.code, 0);
+		ferry_worker_destroy(w);
+	}
 }

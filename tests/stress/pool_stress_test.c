@@ -274,3 +274,133 @@ Test(pool_stress, cancel_storm_thread)
 	ferry_pool_destroy(p, FERRY_FOREVER);
 	free(ts);
 }
+
+/* ---- callbacks on a loop under chaos ----
+ * Every task has a completion callback on a loop that this thread runs
+ * while another thread submits: each callback runs exactly once, on this
+ * thread, whatever the outcome (completed, crashed, cancelled), and when
+ * all have run no keep-alive of the loop is left behind. */
+
+#define NLOOP 20000
+
+struct lstorm {
+	pthread_t loop_thread;
+	_Atomic int calls[NLOOP];
+	_Atomic int total, wrong_thread, bad_status;
+	int backend;
+};
+
+struct lsub {
+	struct chaos *c;
+	struct lstorm *ls;
+	ferry_loop *loop;
+	ferry_pool_task **ts;
+	int rc;
+};
+
+static struct lstorm *the_storm;
+
+static void on_storm_done(ferry_pool_task *t, void *arg)
+{
+	struct lstorm *ls = the_storm;
+	int i = (int)(intptr_t)arg;
+	if (!pthread_equal(pthread_self(), ls->loop_thread))
+		atomic_fetch_add(&ls->wrong_thread, 1);
+	int st = ferry_pool_task_status(t);
+	int want_fail = ls->backend == FERRY_PROCESS ? FERRY_EWORKER : -ECANCELED;
+	if (st != 0 && st != want_fail)
+		atomic_fetch_add(&ls->bad_status, 1);
+	if (i >= 0 && i < NLOOP)
+		atomic_fetch_add(&ls->calls[i], 1);
+	atomic_fetch_add(&ls->total, 1);
+}
+
+static void *storm_submitter(void *arg)
+{
+	struct lsub *s = arg;
+	for (int i = 0; i < NLOOP; i++) {
+		ferry_value *v = ferry_value_int(i);
+		struct ferry_pool_submit_opts so = { .done = on_storm_done, .done_arg = (void *)(intptr_t)i,
+						     .loop = s->loop };
+		/* Threads: every 2nd task keeps a handle for the canceller. */
+		int keep = s->ls->backend == FERRY_THREAD && i % 2 == 0;
+		int rc = ferry_pool_submit_ex(s->c->pool, v, NULL, &so, keep ? &s->ts[i] : NULL);
+		ferry_value_free(v);
+		if (rc) {
+			s->rc = rc;
+			break;
+		}
+		atomic_store(&s->c->submitted, i + 1);
+	}
+	return NULL;
+}
+
+static void *storm_canceller(void *arg)
+{
+	struct chaos *c = arg;
+	while (!atomic_load(&c->stop)) {
+		usleep(20 + (unsigned)(rand_r(&c->seed) % 200));
+		int n = atomic_load(&c->submitted);
+		if (n <= 0)
+			continue;
+		int i = (n - 1 - (int)(rand_r(&c->seed) % 256u)) & ~1;
+		if (i >= 0 && ferry_pool_task_cancel(c->tasks[i]) == 0)
+			atomic_fetch_add(&c->cancels, 1);
+	}
+	return NULL;
+}
+
+static void loop_storm(int backend)
+{
+	struct lstorm *ls = calloc(1, sizeof *ls);
+	cr_assert_not_null(ls);
+	ls->loop_thread = pthread_self();
+	ls->backend = backend;
+	the_storm = ls;
+	struct ferry_pool_opts o = {
+		.backend = backend, .fn = task, .min_workers = 2, .max_workers = 2,
+		.max_queue = 512, .queue_wait_ns = FERRY_FOREVER,
+	};
+	ferry_pool *p;
+	cr_assert_eq(ferry_pool_create(&p, &o), 0, "%s", ferry_errmsg());
+	ferry_loop *loop;
+	cr_assert_eq(ferry_loop_create(&loop, NULL), 0, "%s", ferry_errmsg());
+	ferry_pool_task **ts = calloc(NLOOP, sizeof *ts);
+	cr_assert_not_null(ts);
+	struct chaos c = { .pool = p, .tasks = ts, .seed = (unsigned)now_ns() };
+	struct lsub s = { .c = &c, .ls = ls, .loop = loop, .ts = ts };
+	pthread_t chaos_th, sub_th;
+	pthread_create(&sub_th, NULL, storm_submitter, &s);
+	pthread_create(&chaos_th, NULL, backend == FERRY_PROCESS ? killer : storm_canceller, &c);
+	int64_t end = now_ns() + 120 * SEC;
+	while (atomic_load(&ls->total) < NLOOP && now_ns() < end && !s.rc)
+		ferry_loop_run(loop, FERRY_RUN_ONCE);
+	atomic_store(&c.stop, 1);
+	pthread_join(chaos_th, NULL);
+	pthread_join(sub_th, NULL);
+	cr_assert_eq(s.rc, 0, "submit: %d", s.rc);
+	cr_assert_eq(atomic_load(&ls->total), NLOOP, "%d callbacks in 120 s", atomic_load(&ls->total));
+	for (int i = 0; i < NLOOP; i++)
+		cr_assert_eq(atomic_load(&ls->calls[i]), 1, "task %d: %d callbacks", i, atomic_load(&ls->calls[i]));
+	cr_expect_eq(atomic_load(&ls->wrong_thread), 0);
+	cr_expect_eq(atomic_load(&ls->bad_status), 0);
+	/* Every keep-alive was cancelled with its callback (a pass to run the
+	 * loop_keep posts that may have come after their callbacks). */
+	ferry_loop_run(loop, FERRY_RUN_NOWAIT);
+	cr_expect_eq(ferry_loop_alive(loop), 0);
+	struct ferry_pool_stats st;
+	cr_assert_eq(ferry_pool_stats(p, &st), 0);
+	cr_log_info("%d loop callbacks; %d kills, %d cancels; %llu completed, %llu failed, %llu cancelled",
+		    NLOOP, atomic_load(&c.kills), atomic_load(&c.cancels), (unsigned long long)st.completed,
+		    (unsigned long long)st.failed, (unsigned long long)st.cancelled);
+	cr_expect_eq(st.completed + st.failed + st.cancelled, (uint64_t)NLOOP);
+	for (int i = 0; i < NLOOP; i++)
+		ferry_pool_task_free(ts[i]);
+	ferry_pool_destroy(p, FERRY_FOREVER);
+	ferry_loop_destroy(loop);
+	free(ts);
+	free(ls);
+}
+
+Test(pool_stress, loop_callbacks_sigkill_storm_process) { loop_storm(FERRY_PROCESS); }
+Test(pool_stress, loop_callbacks_cancel_storm_thread) { loop_storm(FERRY_THREAD); }

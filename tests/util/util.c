@@ -1,5 +1,7 @@
 #include "util/util.h"
 
+#include <ferry/runtime.h>
+
 #include <criterion/criterion.h>
 #include <dirent.h>
 #include <errno.h>
@@ -48,6 +50,7 @@ void tu_baseline_take(struct tu_baseline *b)
 
 void tu_baseline_check(const struct tu_baseline *b)
 {
+	ferry_trim(); /* the recycled thread-worker channels are no leak */
 	int fds = tu_count_fds(), maps = tu_count_maps();
 	cr_expect_eq(fds, b->fds, "fd leak: %d open now, %d at the start", fds, b->fds);
 	cr_expect_eq(maps, b->maps, "memfd mapping leak: %d now, %d at the start", maps, b->maps);
