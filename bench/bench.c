@@ -33,18 +33,19 @@ void bench_register(const struct bench_scenario *s)
 
 /* Totals over all passes, chosen so that a default run keeps >= 10^5
  * samples of every round trip (p99.9 then rests on 100 samples) and stays
- * within a few minutes, and a --quick run stays well under a minute even
- * when wakes cost 50 us. Warm-ups are per pass. */
+ * within a few minutes, and a --quick run of every row stays under a minute
+ * on a 2-CPU machine even when wakes cost 50 us (its p99.9 rests on a few
+ * samples only: quick figures are for a first look). Warm-ups are per pass. */
 static const size_t counts[3][2] = {
 	/* default, quick */
-	[BENCH_CHEAP] = { 1000000, 100000 },
-	[BENCH_WAKE] = { 100000, 10000 },
-	[BENCH_START] = { 2000, 300 },
+	[BENCH_CHEAP] = { 1000000, 30000 },
+	[BENCH_WAKE] = { 100000, 3000 },
+	[BENCH_START] = { 2000, 100 },
 };
 static const size_t warmups[3][2] = {
-	[BENCH_CHEAP] = { 100000, 20000 },
-	[BENCH_WAKE] = { 2000, 500 },
-	[BENCH_START] = { 50, 20 },
+	[BENCH_CHEAP] = { 100000, 5000 },
+	[BENCH_WAKE] = { 2000, 200 },
+	[BENCH_START] = { 50, 10 },
 };
 
 size_t bench_count(const struct bench_ctx *ctx, enum bench_cost cost)

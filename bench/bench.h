@@ -38,6 +38,8 @@
  * order, so give every row its own order and each group its own hundred:
  *   100 round trip 64 B     200 worker start    300 payloads (clone/transfer)
  *   400 rings               500 wait/notify     600 pool         700 scaling
+ *   (ids "scale.<backend>.<N>" are the scaling rows: the USL fit and plot
+ *   read them; see bench/scaling_bench.c)
  * A floor is an ordinary scenario that other rows name in .floor; it sits in
  * the same group as the rows it is the floor of, and runs in the same run
  * (with --scenario, floors of the selected rows run too).
@@ -94,6 +96,10 @@ struct bench_scenario {
 	enum bench_unit unit;
 	bench_run_fn run;
 	const void *arg;     /* the scenario's own parameter, passed as is */
+	/* The floor's p50 is multiplied by this before the ratio (0 = 1): a
+	 * scaling row of N workers names the 1-worker row as its floor with
+	 * .floor_scale = N, so that 1.00x means "N times the floor's rate". */
+	double floor_scale;
 };
 
 /* Add @s (which must stay valid: static storage) to the table. Called from
@@ -364,6 +370,23 @@ int bench_peer_start(struct bench_ctx *ctx, struct bench_peer *p, enum bench_bac
  * errno the peer function returned.
  */
 int bench_peer_join(struct bench_ctx *ctx, struct bench_peer *p);
+
+/* ---- the Universal Scalability Law (bench/scaling_bench.c) ----
+ * S(N) = N / (1 + sigma (N - 1) + kappa N (N - 1)): sigma is the serial
+ * fraction (contention, Amdahl's law), kappa the crosstalk (coherency). */
+struct bench_usl {
+	double sigma, kappa; /* >= 0 */
+	double nstar;        /* best worker count sqrt((1 - sigma) / kappa); 0 = no peak */
+	double r2;           /* coefficient of determination of the fit */
+	double rmse;         /* root mean square error of the fit, in speedup units */
+};
+/* Least-squares fit of @k points (n[i] workers, speedup s[i]); 0, or -EINVAL
+ * with fewer than two distinct worker counts or a non-positive value. */
+int bench_usl_fit(const double *n, const double *s, size_t k, struct bench_usl *out);
+static inline double bench_usl_speedup(const struct bench_usl *u, double n)
+{
+	return n / (1 + u->sigma * (n - 1) + u->kappa * n * (n - 1));
+}
 
 /* ---- for main.c only ---- */
 extern const struct bench_scenario *bench__table[BENCH_MAX_SCENARIOS];

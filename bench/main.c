@@ -4,31 +4,56 @@
  * measured in the same run.
  */
 #include "bench.h"
+#include "plot/report.h"
 
 #include "ferry/common.h"
 
 #include <ctype.h>
 #include <getopt.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/utsname.h>
 #include <unistd.h>
 
 static const char usage_text[] =
-	"usage: ferry-bench [--quick] [--json] [--scenario SUBSTR]... [--passes N]\n"
-	"                   [--cpus A,B] [--list]\n"
+	"usage: ferry-bench [--quick] [--json] [--out DIR] [--scenario SUBSTR]...\n"
+	"                   [--passes N] [--cpus A,B] [--list]\n"
 	"\n"
 	"Measures ferry's thread and process workers next to the machine's own floors,\n"
 	"all in this one run, and prints one table grouped by scenario.\n"
 	"\n"
 	"options:\n"
-	"  --quick            fewer samples: the whole run takes well under a minute\n"
-	"                     (default: stable medians in a few minutes)\n"
+	"  --quick            fewer samples, one pass: the whole run is planned to take\n"
+	"                     40 s (each row gets an equal share of the time left, 0.1\n"
+	"                     to 1 s), under a minute on 2 CPUs; a first look, its tails\n"
+	"                     rest on few samples (default: stable medians in a few\n"
+	"                     minutes)\n"
 	"  --json             JSON lines on stdout instead of the table, one object per row\n"
 	"                     (fields: id group name backend mode unit n p50 p99 p999 mean\n"
-	"                     min max floor floor_p50 ratio error quick)\n"
+	"                     min max floor floor_p50 floor_scale ratio secs error quick)\n"
+	"  --out DIR          also write the report to DIR (created if missing):\n"
+	"                       results.json  one document: the machine (CPU model,\n"
+	"                                     nproc, kernel), date, git describe, the\n"
+	"                                     command line, every row (the --json\n"
+	"                                     fields) and the USL fits\n"
+	"                       results.csv   one line per row, a header line, the\n"
+	"                                     same fields\n"
+	"                       table.txt     the table as printed; table.md the same in\n"
+	"                                     Markdown, one table per group\n"
+	"                       *.svg         plots drawn by gnuplot (gnuplot-nox), when\n"
+	"                                     it is installed: latency (round-trip\n"
+	"                                     p50/p99/p99.9 by backend), payloads (clone\n"
+	"                                     vs transfer vs shared by size, log-log),\n"
+	"                                     rings (ck_ring vs ferry by batch size),\n"
+	"                                     pool (tasks/s, piscina when present),\n"
+	"                                     scaling (speedup and the USL fits)\n"
+	"                       plots/        each plot's gnuplot script and data: redraw\n"
+	"                                     with  cd DIR && gnuplot plots/NAME.gp\n"
+	"                     The table still goes to stdout.\n"
 	"  --scenario SUBSTR  run only rows whose id or group/name/backend/mode contains\n"
 	"                     SUBSTR (case-insensitive; repeatable; the floors of the\n"
 	"                     chosen rows run too). --list shows the ids.\n"
@@ -64,7 +89,8 @@ static const char usage_text[] =
 	"            itself a floor)\n"
 	"  ratio     p50 / the floor's p50 (for rates: the floor's p50 / p50), so 1.00x\n"
 	"            is as fast as the floor and 2.00x twice its cost; compare ratios, not\n"
-	"            absolute figures, across runs and machines\n"
+	"            absolute figures, across runs and machines. A floor shown as\n"
+	"            \"K x row\" is that row's p50 times K (the scaling rows: see below)\n"
 	"\n"
 	"rows:\n"
 	"  atomic spin      each side stores a counter in its own cache line and\n"
@@ -83,6 +109,25 @@ static const char usage_text[] =
 	"  ferry worker     ferry_worker_spawn until the parent's ferry_port_recv (in\n"
 	"                   spin mode) returns the message the worker posts first;\n"
 	"                   join and destroy not counted\n"
+	"  map, N workers   (group \"scaling\") a CPU-bound map through a ferry pool of\n"
+	"                   N workers, N = 1 .. 2x the CPUs allowed: each item is a\n"
+	"                   fixed chain of integer hashing (~200 us on one core,\n"
+	"                   calibrated once per run); a sample is one batch's\n"
+	"                   items/s (500 items, 250 with --quick). Its floor is the\n"
+	"                   backend's 1-worker row times min(N, CPUs): the ratio is\n"
+	"                   the ideal speedup over the measured one, 1.00x when every\n"
+	"                   core the N workers can use does a full share, 2.00x when\n"
+	"                   half is lost to dispatch, contention or crosstalk.\n"
+	"                   Under the table, per backend, the Universal Scalability\n"
+	"                   Law fitted to the speedups S(N) = X(N) / X(1):\n"
+	"                     S(N) = N / (1 + sigma (N-1) + kappa N (N-1))\n"
+	"                   sigma: the serial fraction (contention; Amdahl's law is\n"
+	"                   kappa = 0), kappa: the crosstalk (coherency: each worker\n"
+	"                   pays for every other), N* = sqrt((1 - sigma) / kappa): the\n"
+	"                   worker count of the highest throughput (\"no peak\" when\n"
+	"                   kappa ~ 0), R^2: how well the curve fits. Other programs\n"
+	"                   on the machine take CPU from the workers: on a busy\n"
+	"                   machine the speedups (and the fit) are noise.\n"
 	"\n"
 	"The header names the CPU, the cores used and the clock: the TSC when it is\n"
 	"invariant (FERRY_BENCH_CLOCK=mono forces CLOCK_MONOTONIC), and what one read\n"
@@ -93,7 +138,8 @@ static const char usage_text[] =
 	"thread or process lands where the scheduler puts it. Progress goes to stderr.\n"
 	"ferry-bench never fails on a slow result: it exits 0 unless a row could not be\n"
 	"measured (a setup call failed or a peer was lost); that row shows the error,\n"
-	"the others are still measured, and the exit status is 1.\n";
+	"the others are still measured, and the exit status is 1. A peer that is not\n"
+	"installed (node, piscina) makes its rows say \"skipped\" and is not a failure.\n";
 
 struct row {
 	const struct bench_scenario *s;
@@ -172,7 +218,9 @@ static int row_ratio(const struct row *r, double *ratio)
 	const struct row *f = r->floor;
 	if (!f || r->err || f->err || !r->st.n || !f->st.n || r->st.p50 <= 0 || f->st.p50 <= 0)
 		return 0;
-	*ratio = r->s->unit == BENCH_RATE ? f->st.p50 / r->st.p50 : r->st.p50 / f->st.p50;
+	double scale = r->s->floor_scale > 0 ? r->s->floor_scale : 1;
+	double fl = f->st.p50 * scale;
+	*ratio = r->s->unit == BENCH_RATE ? fl / r->st.p50 : r->st.p50 / fl;
 	return 1;
 }
 
@@ -186,13 +234,29 @@ static void floor_label(const struct bench_scenario *s, char *buf, size_t len)
 
 static void floor_name(const struct row *r, char *buf, size_t len)
 {
-	if (r->floor)
+	if (r->floor && r->s->floor_scale > 0 && r->s->floor_scale != 1)
+		snprintf(buf, len, "%g x %s/%s", r->s->floor_scale, dash(r->floor->s->name),
+			 dash(r->floor->s->backend));
+	else if (r->floor)
 		snprintf(buf, len, "%s/%s", dash(r->floor->s->name), dash(r->floor->s->backend));
 	else
 		floor_label(r->s, buf, len);
 }
 
-static void print_table(const struct row *rows, size_t nrows)
+/* The three value cells and the ratio of a measured row. */
+static void row_cells(const struct row *r, char a[32], char b[32], char c[32], char rb[32])
+{
+	fmt_value(a, 32, r->st.p50, r->s->unit);
+	fmt_value(b, 32, r->st.p99, r->s->unit);
+	fmt_value(c, 32, r->st.p999, r->s->unit);
+	double ratio;
+	if (row_ratio(r, &ratio))
+		snprintf(rb, 32, "%.2fx", ratio);
+	else
+		snprintf(rb, 32, "-");
+}
+
+static void print_table(FILE *out, const struct row *rows, size_t nrows)
 {
 	int wn = 4, wb = 7, wm = 4, wf = 5, wv = 8;
 	for (size_t i = 0; i < nrows; i++) {
@@ -218,100 +282,252 @@ static void print_table(const struct row *rows, size_t nrows)
 			continue;
 		if (!group || strcmp(group, dash(r->s->group)) != 0) {
 			group = dash(r->s->group);
-			printf("\n%s\n", group);
-			printf("  %-*s  %-*s  %-*s  %*s  %*s  %*s  %8s  %-*s  %7s\n", wn, "name", wb,
-			       "backend", wm, "mode", wv, "p50", wv, "p99", wv, "p99.9", "n", wf,
-			       "floor", "ratio");
+			fprintf(out, "\n%s\n", group);
+			fprintf(out, "  %-*s  %-*s  %-*s  %*s  %*s  %*s  %8s  %-*s  %7s\n", wn, "name",
+				wb, "backend", wm, "mode", wv, "p50", wv, "p99", wv, "p99.9", "n", wf,
+				"floor", "ratio");
 		}
-		printf("  %-*s  %-*s  %-*s  ", wn, dash(r->s->name), wb, dash(r->s->backend), wm,
-		       dash(r->s->mode));
+		fprintf(out, "  %-*s  %-*s  %-*s  ", wn, dash(r->s->name), wb, dash(r->s->backend),
+			wm, dash(r->s->mode));
 		if (r->err) {
-			printf("error: %s\n", r->msg);
+			fprintf(out, "%s%s\n", strncmp(r->msg, "skipped", 7) ? "error: " : "", r->msg);
 			continue;
 		}
 		char a[32], b[32], c[32], fb[256], rb[32];
-		fmt_value(a, sizeof a, r->st.p50, r->s->unit);
-		fmt_value(b, sizeof b, r->st.p99, r->s->unit);
-		fmt_value(c, sizeof c, r->st.p999, r->s->unit);
+		row_cells(r, a, b, c, rb);
 		floor_name(r, fb, sizeof fb);
-		double ratio;
-		if (row_ratio(r, &ratio))
-			snprintf(rb, sizeof rb, "%.2fx", ratio);
-		else
-			snprintf(rb, sizeof rb, "-");
-		printf("%*s  %*s  %*s  %8zu  %-*s  %7s\n", wv, a, wv, b, wv, c, r->st.n, wf, fb, rb);
+		fprintf(out, "%*s  %*s  %*s  %8zu  %-*s  %7s\n", wv, a, wv, b, wv, c, r->st.n, wf, fb,
+			rb);
 	}
 }
 
-static void json_str(const char *s)
+/* A Markdown cell: '|' would end the cell. */
+static void md_cell(FILE *out, const char *s)
+{
+	fputs("| ", out);
+	for (; s && *s; s++) {
+		if (*s == '|')
+			fputs("\\|", out);
+		else
+			fputc(*s == '\n' ? ' ' : *s, out);
+	}
+	fputc(' ', out);
+}
+
+/* The table in Markdown: one heading and table per group, to paste. */
+static void print_markdown(FILE *out, const struct row *rows, size_t nrows)
+{
+	const char *group = NULL;
+	for (size_t i = 0; i < nrows; i++) {
+		const struct row *r = &rows[i];
+		if (!r->selected)
+			continue;
+		if (!group || strcmp(group, dash(r->s->group)) != 0) {
+			group = dash(r->s->group);
+			fprintf(out, "\n**%s**\n\n", group);
+			fputs("| name | backend | mode | p50 | p99 | p99.9 | n | floor | ratio |\n"
+			      "|---|---|---|--:|--:|--:|--:|---|--:|\n", out);
+		}
+		md_cell(out, dash(r->s->name));
+		md_cell(out, dash(r->s->backend));
+		md_cell(out, dash(r->s->mode));
+		if (r->err) {
+			char e[300];
+			snprintf(e, sizeof e, "%s%s", strncmp(r->msg, "skipped", 7) ? "error: " : "",
+				 r->msg);
+			md_cell(out, e);
+			fputs("| | | | | |\n", out);
+			continue;
+		}
+		char a[32], b[32], c[32], fb[256], rb[32], nb[32];
+		row_cells(r, a, b, c, rb);
+		floor_name(r, fb, sizeof fb);
+		snprintf(nb, sizeof nb, "%zu", r->st.n);
+		md_cell(out, a);
+		md_cell(out, b);
+		md_cell(out, c);
+		md_cell(out, nb);
+		md_cell(out, fb);
+		md_cell(out, rb);
+		fputs("|\n", out);
+	}
+}
+
+static void json_str(FILE *out, const char *s)
 {
 	if (!s) {
-		fputs("null", stdout);
+		fputs("null", out);
 		return;
 	}
-	putchar('"');
+	fputc('"', out);
 	for (; *s; s++) {
 		unsigned char ch = (unsigned char)*s;
 		if (ch == '"' || ch == '\\')
-			printf("\\%c", ch);
+			fprintf(out, "\\%c", ch);
 		else if (ch < 0x20)
-			printf("\\u%04x", ch);
+			fprintf(out, "\\u%04x", ch);
 		else
-			putchar(ch);
+			fputc(ch, out);
 	}
-	putchar('"');
+	fputc('"', out);
 }
 
-static void json_num(const char *key, double v, int present)
+static void json_num(FILE *out, const char *key, double v, int present)
 {
-	printf(",\"%s\":", key);
-	if (present)
-		printf("%.6g", v);
+	fprintf(out, ",\"%s\":", key);
+	if (present && isfinite(v))
+		fprintf(out, "%.6g", v);
 	else
-		fputs("null", stdout);
+		fputs("null", out);
+}
+
+/* One row as a JSON object (no newline). */
+static void json_row(FILE *out, const struct row *r)
+{
+	int ok = !r->err && r->st.n;
+	fputs("{\"id\":", out);
+	json_str(out, r->s->id);
+	fputs(",\"group\":", out);
+	json_str(out, r->s->group);
+	fputs(",\"name\":", out);
+	json_str(out, r->s->name);
+	fputs(",\"backend\":", out);
+	json_str(out, r->s->backend);
+	fputs(",\"mode\":", out);
+	json_str(out, r->s->mode);
+	fprintf(out, ",\"unit\":\"%s\",\"n\":%zu", r->s->unit == BENCH_RATE ? "ops/s" : "ns",
+		ok ? r->st.n : 0);
+	json_num(out, "p50", r->st.p50, ok);
+	json_num(out, "p99", r->st.p99, ok);
+	json_num(out, "p999", r->st.p999, ok);
+	json_num(out, "mean", r->st.mean, ok);
+	json_num(out, "min", r->st.min, ok);
+	json_num(out, "max", r->st.max, ok);
+	fputs(",\"floor\":", out);
+	json_str(out, r->s->floor);
+	double ratio = 0;
+	int has_ratio = row_ratio(r, &ratio);
+	json_num(out, "floor_p50", has_ratio ? r->floor->st.p50 : 0, has_ratio);
+	json_num(out, "floor_scale", r->s->floor_scale > 0 ? r->s->floor_scale : 1, 1);
+	json_num(out, "ratio", ratio, has_ratio);
+	json_num(out, "secs", r->secs, 1);
+	fputs(",\"error\":", out);
+	json_str(out, r->err ? r->msg : NULL);
+	fprintf(out, ",\"quick\":%s}", ctx.quick ? "true" : "false");
 }
 
 static void print_json(const struct row *rows, size_t nrows)
 {
 	for (size_t i = 0; i < nrows; i++) {
+		if (!rows[i].selected)
+			continue;
+		json_row(stdout, &rows[i]);
+		putchar('\n');
+	}
+}
+
+/* A CSV field (RFC 4180: quoted when it holds a comma, quote or newline). */
+static void csv_str(FILE *out, const char *s, int first)
+{
+	if (!first)
+		fputc(',', out);
+	if (!s)
+		return;
+	if (!strpbrk(s, ",\"\n\r")) {
+		fputs(s, out);
+		return;
+	}
+	fputc('"', out);
+	for (; *s; s++) {
+		if (*s == '"')
+			fputc('"', out);
+		fputc(*s, out);
+	}
+	fputc('"', out);
+}
+
+static void csv_num(FILE *out, double v, int present)
+{
+	fputc(',', out);
+	if (present && isfinite(v))
+		fprintf(out, "%.6g", v);
+}
+
+static void print_csv(FILE *out, const struct row *rows, size_t nrows)
+{
+	fputs("id,group,name,backend,mode,unit,n,p50,p99,p999,mean,min,max,floor,floor_p50,"
+	      "floor_scale,ratio,secs,error,quick\n", out);
+	for (size_t i = 0; i < nrows; i++) {
 		const struct row *r = &rows[i];
 		if (!r->selected)
 			continue;
 		int ok = !r->err && r->st.n;
-		fputs("{\"id\":", stdout);
-		json_str(r->s->id);
-		fputs(",\"group\":", stdout);
-		json_str(r->s->group);
-		fputs(",\"name\":", stdout);
-		json_str(r->s->name);
-		fputs(",\"backend\":", stdout);
-		json_str(r->s->backend);
-		fputs(",\"mode\":", stdout);
-		json_str(r->s->mode);
-		printf(",\"unit\":\"%s\",\"n\":%zu", r->s->unit == BENCH_RATE ? "ops/s" : "ns",
-		       ok ? r->st.n : 0);
-		json_num("p50", r->st.p50, ok);
-		json_num("p99", r->st.p99, ok);
-		json_num("p999", r->st.p999, ok);
-		json_num("mean", r->st.mean, ok);
-		json_num("min", r->st.min, ok);
-		json_num("max", r->st.max, ok);
-		fputs(",\"floor\":", stdout);
-		json_str(r->s->floor);
+		csv_str(out, r->s->id, 1);
+		csv_str(out, r->s->group, 0);
+		csv_str(out, r->s->name, 0);
+		csv_str(out, r->s->backend, 0);
+		csv_str(out, r->s->mode, 0);
+		csv_str(out, r->s->unit == BENCH_RATE ? "ops/s" : "ns", 0);
+		fprintf(out, ",%zu", ok ? r->st.n : 0);
+		csv_num(out, r->st.p50, ok);
+		csv_num(out, r->st.p99, ok);
+		csv_num(out, r->st.p999, ok);
+		csv_num(out, r->st.mean, ok);
+		csv_num(out, r->st.min, ok);
+		csv_num(out, r->st.max, ok);
+		csv_str(out, r->s->floor, 0);
 		double ratio = 0;
 		int has_ratio = row_ratio(r, &ratio);
-		json_num("floor_p50", has_ratio ? r->floor->st.p50 : 0, has_ratio);
-		json_num("ratio", ratio, has_ratio);
-		fputs(",\"error\":", stdout);
-		json_str(r->err ? r->msg : NULL);
-		printf(",\"quick\":%s}\n", ctx.quick ? "true" : "false");
+		csv_num(out, has_ratio ? r->floor->st.p50 : 0, has_ratio);
+		csv_num(out, r->s->floor_scale > 0 ? r->s->floor_scale : 1, 1);
+		csv_num(out, ratio, has_ratio);
+		csv_num(out, r->secs, 1);
+		csv_str(out, r->err ? r->msg : NULL, 0);
+		fprintf(out, ",%s\n", ctx.quick ? "true" : "false");
 	}
 }
 
-static void print_header(size_t nsel)
+/* ---- the machine and the run ---- */
+
+static struct run_info {
+	char model[128];
+	int ncpu;        /* allowed */
+	long nproc;      /* online */
+	char kernel[256];
+	char date[64];   /* local, for people */
+	char utc[32];    /* ISO 8601 UTC */
+	char day[16];    /* YYYY-MM-DD */
+	char git[128];   /* git describe, or "" */
+	char cmd[2048];  /* the command line */
+	char clock[96];
+	double load;
+	double secs;     /* the whole run */
+} info;
+
+static void read_git(void)
 {
-	struct utsname u;
-	char model[128] = "unknown CPU";
+	info.git[0] = 0;
+#ifdef FERRY_SOURCE_DIR
+	const char *dir = FERRY_SOURCE_DIR;
+	if (strpbrk(dir, "'\\"))
+		return;
+	char cmd[4200];
+	snprintf(cmd, sizeof cmd,
+		 "git -C '%s' describe --always --dirty --tags 2>/dev/null", dir);
+	fflush(NULL);
+	FILE *p = popen(cmd, "r");
+	if (!p)
+		return;
+	if (!fgets(info.git, sizeof info.git, p))
+		info.git[0] = 0;
+	info.git[strcspn(info.git, "\n")] = 0;
+	pclose(p);
+#endif
+}
+
+static void collect_info(int argc, char **argv)
+{
+	snprintf(info.model, sizeof info.model, "unknown CPU");
 	FILE *f = fopen("/proc/cpuinfo", "r");
 	if (f) {
 		char line[512];
@@ -322,46 +538,323 @@ static void print_header(size_t nsel)
 				while (*c == ' ')
 					c++;
 				c[strcspn(c, "\n")] = 0;
-				snprintf(model, sizeof model, "%s", c);
+				snprintf(info.model, sizeof info.model, "%s", c);
 				break;
 			}
 		}
 		fclose(f);
 	}
-	if (uname(&u) != 0)
-		strcpy(u.release, "?");
+	struct utsname u;
+	if (uname(&u) == 0)
+		snprintf(info.kernel, sizeof info.kernel, "%s %s %s", u.sysname, u.release,
+			 u.machine);
+	else
+		snprintf(info.kernel, sizeof info.kernel, "?");
+	info.ncpu = CPU_COUNT(&ctx.allowed);
+	info.nproc = sysconf(_SC_NPROCESSORS_ONLN);
 	time_t now = time(NULL);
-	char date[64];
-	strftime(date, sizeof date, "%Y-%m-%d %H:%M %Z", localtime(&now));
-	char clk[96];
+	struct tm tm;
+	strftime(info.date, sizeof info.date, "%Y-%m-%d %H:%M %Z", localtime_r(&now, &tm));
+	strftime(info.utc, sizeof info.utc, "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&now, &tm));
+	strftime(info.day, sizeof info.day, "%Y-%m-%d", &tm);
+	size_t k = 0;
+	for (int i = 0; i < argc && k + 1 < sizeof info.cmd; i++) {
+		/* quoted when it holds a space or a quote (as a shell would need) */
+		int q = argv[i][0] == 0 || strpbrk(argv[i], " \t\"'$\\") != NULL;
+		int n = snprintf(info.cmd + k, sizeof info.cmd - k, "%s%s%s%s", i ? " " : "",
+				 q ? "'" : "", argv[i], q ? "'" : "");
+		if (n < 0)
+			break;
+		k += (size_t)n;
+	}
+	if (k >= sizeof info.cmd)
+		info.cmd[sizeof info.cmd - 1] = 0;
+	read_git();
 	if (bench_clock.tsc)
-		snprintf(clk, sizeof clk, "TSC %.3f GHz, one read %.0f ns", bench_clock.ghz,
-			 bench_clock.overhead_ns);
+		snprintf(info.clock, sizeof info.clock, "TSC %.3f GHz, one read %.0f ns",
+			 bench_clock.ghz, bench_clock.overhead_ns);
 	else
-		snprintf(clk, sizeof clk, "CLOCK_MONOTONIC, one read %.0f ns",
+		snprintf(info.clock, sizeof info.clock, "CLOCK_MONOTONIC, one read %.0f ns",
 			 bench_clock.overhead_ns);
-	printf("ferry-bench %s (%s run: %zu row%s, %d pass%s), %s\n", ferry_version(),
-	       ctx.quick ? "quick" : "full", nsel, nsel == 1 ? "" : "s", ctx.passes,
-	       ctx.passes == 1 ? "" : "es", date);
-	int ncpu = CPU_COUNT(&ctx.allowed);
-	printf("machine: %s, %d CPU%s allowed, Linux %s; ", model, ncpu, ncpu == 1 ? "" : "s",
-	       u.release);
-	if (ctx.single_cpu)
-		printf("one CPU: both sides on cpu %d\n", ctx.cpu_main);
-	else
-		printf("main on cpu %d, peer on cpu %d\n", ctx.cpu_main, ctx.cpu_peer);
-	double load = -1;
+	info.load = -1;
 	f = fopen("/proc/loadavg", "r");
 	if (f) {
-		if (fscanf(f, "%lf", &load) != 1)
-			load = -1;
+		if (fscanf(f, "%lf", &info.load) != 1)
+			info.load = -1;
 		fclose(f);
 	}
-	printf("clock: %s; load average %.2f at start.\n", clk, load);
-	printf("ratio = p50 / the floor's p50, both measured in this run (--help explains all).\n");
-	if (load > 0.5 * ncpu)
-		fprintf(stderr, "ferry-bench: the machine is busy (load %.2f on %d CPUs): "
-			"expect noisy figures; compare ratios\n", load, ncpu);
+}
+
+static void print_header(FILE *out, size_t nsel)
+{
+	fprintf(out, "ferry-bench %s%s%s%s (%s run: %zu row%s, %d pass%s), %s\n", ferry_version(),
+		info.git[0] ? " (" : "", info.git, info.git[0] ? ")" : "",
+		ctx.quick ? "quick" : "full", nsel, nsel == 1 ? "" : "s", ctx.passes,
+		ctx.passes == 1 ? "" : "es", info.date);
+	fprintf(out, "machine: %s, %d CPU%s allowed, %s; ", info.model, info.ncpu,
+		info.ncpu == 1 ? "" : "s", info.kernel);
+	if (ctx.single_cpu)
+		fprintf(out, "one CPU: both sides on cpu %d\n", ctx.cpu_main);
+	else
+		fprintf(out, "main on cpu %d, peer on cpu %d\n", ctx.cpu_main, ctx.cpu_peer);
+	fprintf(out, "clock: %s; load average %.2f at start.\n", info.clock, info.load);
+	fprintf(out, "ratio = p50 / the floor's p50, both measured in this run (--help explains "
+		"all).\n");
+}
+
+/* ---- the USL fit of the scaling rows (ids scale.<backend>.<N>) ---- */
+
+static size_t usl_collect(const struct row *rows, size_t nrows, struct bench_usl_result *u,
+			  size_t max)
+{
+	size_t nu = 0;
+	for (size_t i = 0; i < nrows; i++) {
+		const struct row *r = &rows[i];
+		if (!r->selected || r->err || !r->st.n || strncmp(r->s->id, "scale.", 6) != 0 ||
+		    !r->s->backend)
+			continue;
+		const char *dot = strrchr(r->s->id, '.');
+		char *end;
+		long n = strtol(dot + 1, &end, 10);
+		if (*end || n < 1)
+			continue;
+		/* X(1): this backend's 1-worker row (the row itself, or its floor) */
+		const struct row *one = n == 1 ? r : r->floor;
+		if (!one || one->err || !one->st.n || one->st.p50 <= 0)
+			continue;
+		size_t b;
+		for (b = 0; b < nu && strcmp(u[b].backend, r->s->backend); b++)
+			;
+		if (b == nu) {
+			if (nu == max)
+				continue;
+			memset(&u[nu], 0, sizeof u[nu]);
+			u[nu].backend = r->s->backend;
+			nu++;
+		}
+		if (u[b].k < BENCH_USL_MAX_POINTS) {
+			u[b].n[u[b].k] = (double)n;
+			u[b].s[u[b].k] = r->st.p50 / one->st.p50;
+			u[b].k++;
+		}
+	}
+	for (size_t b = 0; b < nu; b++)
+		u[b].ok = bench_usl_fit(u[b].n, u[b].s, u[b].k, &u[b].fit) == 0;
+	return nu;
+}
+
+static void usl_nstar(const struct bench_usl_result *u, char *buf, size_t len)
+{
+	if (u->fit.nstar > 0)
+		snprintf(buf, len, "%.1f workers", u->fit.nstar);
+	else
+		snprintf(buf, len, "no peak (kappa ~ 0: more workers never hurt)");
+}
+
+static void print_usl(FILE *out, const struct bench_usl_result *u, size_t nu, int md)
+{
+	if (!nu)
+		return;
+	fprintf(out, "\n%sUSL fit of the scaling rows%s: S(N) = N / (1 + sigma (N-1) + kappa N (N-1))\n",
+		md ? "**" : "", md ? "**" : "");
+	if (md)
+		fputs("\n| backend | sigma (serial fraction) | kappa (crosstalk) | best N* | R² |\n"
+		      "|---|--:|--:|--:|--:|\n", out);
+	for (size_t b = 0; b < nu; b++) {
+		char ns[96];
+		usl_nstar(&u[b], ns, sizeof ns);
+		if (!u[b].ok) {
+			if (md)
+				fprintf(out, "| %s | - | - | - | - |\n", u[b].backend);
+			else
+				fprintf(out, "  %-8s  no fit (%zu point%s)\n", u[b].backend, u[b].k,
+					u[b].k == 1 ? "" : "s");
+		} else if (md) {
+			fprintf(out, "| %s | %.4f | %.5f | %s | %.3f |\n", u[b].backend, u[b].fit.sigma,
+				u[b].fit.kappa, ns, u[b].fit.r2);
+		} else {
+			fprintf(out, "  %-8s  sigma %.4f (serial fraction), kappa %.5f (crosstalk), "
+				"best N* = %s; R^2 %.3f over %zu points\n", u[b].backend,
+				u[b].fit.sigma, u[b].fit.kappa, ns, u[b].fit.r2, u[b].k);
+		}
+	}
+}
+
+static void json_usl(FILE *out, const struct bench_usl_result *u, size_t nu)
+{
+	fputs("[", out);
+	for (size_t b = 0; b < nu; b++) {
+		fprintf(out, "%s\n    {\"backend\":", b ? "," : "");
+		json_str(out, u[b].backend);
+		fputs(",\"points\":[", out);
+		for (size_t i = 0; i < u[b].k; i++)
+			fprintf(out, "%s{\"workers\":%.0f,\"speedup\":%.6g}", i ? "," : "", u[b].n[i],
+				u[b].s[i]);
+		fputs("]", out);
+		json_num(out, "sigma", u[b].fit.sigma, u[b].ok);
+		json_num(out, "kappa", u[b].fit.kappa, u[b].ok);
+		json_num(out, "nstar", u[b].fit.nstar, u[b].ok && u[b].fit.nstar > 0);
+		json_num(out, "r2", u[b].fit.r2, u[b].ok);
+		fputs("}", out);
+	}
+	fputs(nu ? "\n  ]" : "]", out);
+}
+
+/* ---- --out DIR ---- */
+
+static int mkdir_p(const char *dir)
+{
+	char buf[4096];
+	if (snprintf(buf, sizeof buf, "%s", dir) >= (int)sizeof buf)
+		return -ENAMETOOLONG;
+	for (char *p = buf + 1; *p; p++) {
+		if (*p != '/')
+			continue;
+		*p = 0;
+		if (mkdir(buf, 0777) != 0 && errno != EEXIST)
+			return -errno;
+		*p = '/';
+	}
+	if (mkdir(buf, 0777) != 0 && errno != EEXIST)
+		return -errno;
+	struct stat st;
+	if (stat(buf, &st) != 0)
+		return -errno;
+	return S_ISDIR(st.st_mode) ? 0 : -ENOTDIR;
+}
+
+static FILE *out_open(const char *dir, const char *name, char *path, size_t len)
+{
+	snprintf(path, len, "%s/%s", dir, name);
+	FILE *f = fopen(path, "w");
+	if (!f)
+		fprintf(stderr, "ferry-bench: %s: %s\n", path, strerror(errno));
+	return f;
+}
+
+static int out_close(FILE *f, const char *path)
+{
+	int bad = ferror(f);
+	if (fclose(f) != 0 || bad) {
+		fprintf(stderr, "ferry-bench: writing %s failed\n", path);
+		return -1;
+	}
+	fprintf(stderr, "  %s\n", path);
+	return 0;
+}
+
+static int write_out(const char *dir, const struct row *rows, size_t nrows, size_t nsel,
+		     const struct bench_usl_result *u, size_t nu)
+{
+	int r = mkdir_p(dir); /* made at the start; again, in case it went away */
+	if (r) {
+		fprintf(stderr, "ferry-bench: --out %s: %s\n", dir, strerror(-r));
+		return -1;
+	}
+	fprintf(stderr, "ferry-bench: writing %s/\n", dir);
+	char path[4200];
+	int bad = 0;
+	FILE *f = out_open(dir, "results.json", path, sizeof path);
+	if (f) {
+		fputs("{\n  \"tool\": \"ferry-bench\",\n  \"version\": ", f);
+		json_str(f, ferry_version());
+		fputs(",\n  \"git\": ", f);
+		json_str(f, info.git[0] ? info.git : NULL);
+		fputs(",\n  \"command\": ", f);
+		json_str(f, info.cmd);
+		fputs(",\n  \"date\": ", f);
+		json_str(f, info.utc);
+		fprintf(f, ",\n  \"quick\": %s,\n  \"passes\": %d,\n  \"seconds\": %.1f,\n",
+			ctx.quick ? "true" : "false", ctx.passes, info.secs);
+		fputs("  \"machine\": {\"cpu\":", f);
+		json_str(f, info.model);
+		fprintf(f, ",\"nproc\":%ld,\"cpus_allowed\":%d,\"kernel\":", info.nproc, info.ncpu);
+		json_str(f, info.kernel);
+		fprintf(f, ",\"cpu_main\":%d,\"cpu_peer\":%d,\"clock\":", ctx.cpu_main, ctx.cpu_peer);
+		json_str(f, info.clock);
+		json_num(f, "load_at_start", info.load, info.load >= 0);
+		fputs("},\n  \"rows\": [", f);
+		size_t k = 0;
+		for (size_t i = 0; i < nrows; i++) {
+			if (!rows[i].selected)
+				continue;
+			fputs(k++ ? ",\n    " : "\n    ", f);
+			json_row(f, &rows[i]);
+		}
+		fputs(k ? "\n  ],\n  \"usl\": " : "],\n  \"usl\": ", f);
+		json_usl(f, u, nu);
+		fputs("\n}\n", f);
+		bad |= out_close(f, path);
+	} else {
+		bad = 1;
+	}
+	if ((f = out_open(dir, "results.csv", path, sizeof path))) {
+		print_csv(f, rows, nrows);
+		bad |= out_close(f, path);
+	} else {
+		bad = 1;
+	}
+	if ((f = out_open(dir, "table.txt", path, sizeof path))) {
+		print_header(f, nsel);
+		print_table(f, rows, nrows);
+		print_usl(f, u, nu, 0);
+		bad |= out_close(f, path);
+	} else {
+		bad = 1;
+	}
+	if ((f = out_open(dir, "table.md", path, sizeof path))) {
+		fprintf(f, "ferry-bench %s, %s run of %s on %s (%d CPU%s, %s).\n"
+			"ratio = p50 / the floor's p50, both measured in the same run.\n",
+			info.git[0] ? info.git : ferry_version(), ctx.quick ? "a quick" : "a full",
+			info.day, info.model, info.ncpu, info.ncpu == 1 ? "" : "s", info.kernel);
+		print_markdown(f, rows, nrows);
+		print_usl(f, u, nu, 1);
+		bad |= out_close(f, path);
+	} else {
+		bad = 1;
+	}
+	/* The plots: their own data and scripts, drawn by gnuplot. */
+	struct bench_result *res = calloc(nrows ? nrows : 1, sizeof *res);
+	if (!res)
+		return -1;
+	size_t nres = 0;
+	for (size_t i = 0; i < nrows; i++) {
+		if (!rows[i].selected)
+			continue;
+		res[nres].s = rows[i].s;
+		res[nres].ok = !rows[i].err && rows[i].st.n;
+		res[nres].st = rows[i].st;
+		nres++;
+	}
+	char sub[512];
+	snprintf(sub, sizeof sub, "ferry-bench %s%s, %s, %d CPU%s, %s", info.git[0] ? info.git :
+		 ferry_version(), ctx.quick ? " --quick" : "", info.model, info.ncpu,
+		 info.ncpu == 1 ? "" : "s", info.day);
+	r = bench_plot_all(dir, sub, res, nres, u, nu, stderr);
+	free(res);
+	if (r < 0)
+		bad = 1;
+	return bad ? -1 : 0;
+}
+
+/* --quick plans the whole run to take QUICK_PLAN_S: each row gets an equal
+ * share of what is left (rows that end early leave more to the rest), within
+ * [QUICK_ROW_MIN_S, QUICK_ROW_MAX_S]. Set-up that a row does before its
+ * first measured round counts against its share; a row still takes its
+ * minimum samples (a few 64 MiB copies, say) when its share is spent. */
+#define QUICK_PLAN_S 40.0
+#define QUICK_ROW_MIN_S 0.1
+#define QUICK_ROW_MAX_S 1.0
+
+static int64_t quick_budget(uint64_t elapsed_ns, size_t rows_left)
+{
+	double left = QUICK_PLAN_S - (double)elapsed_ns / 1e9;
+	double share = rows_left ? left / (double)rows_left : left;
+	if (share < QUICK_ROW_MIN_S)
+		share = QUICK_ROW_MIN_S;
+	if (share > QUICK_ROW_MAX_S)
+		share = QUICK_ROW_MAX_S;
+	return (int64_t)(share * 1e9);
 }
 
 static int parse_cpus(const char *s, int *a, int *b)
@@ -414,7 +907,7 @@ static int init_ctx(const char *cpus)
 
 int main(int argc, char **argv)
 {
-	enum { OPT_SCENARIO = 256, OPT_CPUS, OPT_LIST, OPT_PASSES };
+	enum { OPT_SCENARIO = 256, OPT_CPUS, OPT_LIST, OPT_PASSES, OPT_OUT };
 	static const struct option longopts[] = {
 		{ "quick", no_argument, NULL, 'q' },
 		{ "json", no_argument, NULL, 'j' },
@@ -422,12 +915,13 @@ int main(int argc, char **argv)
 		{ "cpus", required_argument, NULL, OPT_CPUS },
 		{ "list", no_argument, NULL, OPT_LIST },
 		{ "passes", required_argument, NULL, OPT_PASSES },
+		{ "out", required_argument, NULL, OPT_OUT },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	char *filters[64];
 	int nfilters = 0, json = 0, list = 0, c;
-	const char *cpus = NULL;
+	const char *cpus = NULL, *outdir = NULL;
 	while ((c = getopt_long(argc, argv, "qjh", longopts, NULL)) != -1) {
 		switch (c) {
 		case 'q':
@@ -445,6 +939,13 @@ int main(int argc, char **argv)
 			break;
 		case OPT_LIST:
 			list = 1;
+			break;
+		case OPT_OUT:
+			if (!*optarg) {
+				fputs("ferry-bench: --out needs a directory\n", stderr);
+				return 2;
+			}
+			outdir = optarg;
 			break;
 		case OPT_PASSES: {
 			char *end;
@@ -530,16 +1031,29 @@ int main(int argc, char **argv)
 		return 2;
 	}
 
+	/* The report's directory first: a run of minutes must not end in
+	 * "cannot write". */
+	if (outdir) {
+		int e = mkdir_p(outdir);
+		if (e) {
+			fprintf(stderr, "ferry-bench: --out %s: %s\n", outdir, strerror(-e));
+			return 2;
+		}
+	}
 	int r = init_ctx(cpus);
 	if (r)
 		return r == -2 ? 2 : 1;
 	/* A peer that dies must show as an error on its row, not kill us. */
 	signal(SIGPIPE, SIG_IGN);
 	bench__clock_init();
+	collect_info(argc, argv);
 	if (!json) {
-		print_header(nsel);
+		print_header(stdout, nsel);
 		fflush(stdout);
 	}
+	if (info.load > 0.5 * info.ncpu)
+		fprintf(stderr, "ferry-bench: the machine is busy (load %.2f on %d CPUs): "
+			"expect noisy figures; compare ratios\n", info.load, info.ncpu);
 
 	size_t done = 0;
 	int failed = 0;
@@ -568,6 +1082,10 @@ int main(int argc, char **argv)
 			if (r) {
 				bench_fail(&ctx, r, "sched_setaffinity(cpu %d)", ctx.cpu_main);
 			} else {
+				if (ctx.quick)
+					ctx.row_budget_ns = quick_budget(bench_mono_ns() - run_t0,
+									 (size_t)(ctx.passes - ctx.pass - 1) * nsel +
+										 (nsel - done + 1));
 				uint64_t t0 = bench_now();
 				ctx.row_deadline = t0 + bench_ticks(ctx.row_budget_ns);
 				ctx.warm_deadline = t0 + bench_ticks(ctx.row_budget_ns / 5);
@@ -582,8 +1100,11 @@ int main(int argc, char **argv)
 				row->err = r;
 				snprintf(row->msg, sizeof row->msg, "%s",
 					 ctx.err[0] ? ctx.err : strerror(-r));
-				fprintf(stderr, "error: %s\n", row->msg);
-				failed = 1;
+				fprintf(stderr, "%s%s\n", strncmp(row->msg, "skipped", 7) ? "error: " : "",
+					row->msg);
+				/* A peer that is not installed is a note, not a failure. */
+				if (strncmp(row->msg, "skipped", 7) != 0)
+					failed = 1;
 				continue;
 			}
 			/* This pass's median, for the progress line only. */
@@ -604,14 +1125,21 @@ int main(int argc, char **argv)
 		rows[i].samples.v = NULL;
 	}
 	bench_pin(&ctx, BENCH_ANY);
+	info.secs = (double)(bench_mono_ns() - run_t0) / 1e9;
 	fprintf(stderr, "ferry-bench: %zu row%s, %d pass%s, in %.1f s\n", nsel, nsel == 1 ? "" : "s",
-		ctx.passes, ctx.passes == 1 ? "" : "es", (double)(bench_mono_ns() - run_t0) / 1e9);
+		ctx.passes, ctx.passes == 1 ? "" : "es", info.secs);
 
-	if (json)
+	struct bench_usl_result usl[4];
+	size_t nusl = usl_collect(rows, nrows, usl, 4);
+	if (json) {
 		print_json(rows, nrows);
-	else
-		print_table(rows, nrows);
+	} else {
+		print_table(stdout, rows, nrows);
+		print_usl(stdout, usl, nusl, 0);
+	}
 	fflush(stdout);
+	if (outdir && write_out(outdir, rows, nrows, nsel, usl, nusl) != 0)
+		failed = 1;
 	free(rows);
 	return failed;
 }
