@@ -7,9 +7,9 @@ set -eu
 need="cmake gcc make pkg-config liburing-dev libcbor-dev"
 case "${1:-all}" in
   build) ;;
-  test)  need="$need libcriterion-dev clang libuv1-dev" ;;
+  test)  need="$need libcriterion-dev clang libuv1-dev doxygen" ;;
   bench) need="$need libck-dev gnuplot-nox" ;;
-  all)   need="$need libcriterion-dev clang libuv1-dev libck-dev gnuplot-nox" ;;
+  all)   need="$need libcriterion-dev clang libuv1-dev doxygen libck-dev gnuplot-nox" ;;
   *) echo "usage: $0 [build|test|bench|all]" >&2; exit 2 ;;
 esac
 missing=""

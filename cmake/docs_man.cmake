@@ -1,0 +1,25 @@
+# Tidy doxygen's man pages (cmake -P, with -DMAN3=<dir>): one page per header
+# named ferry_<header>.3 ("man ferry_port"), a link page per ferry_* / FERRY_*
+# name, and no link pages for bare struct member names (data.3, len.3 ...),
+# which would shadow other pages once installed.
+file(GLOB pages "${MAN3}/*.3")
+foreach(p ${pages})
+  get_filename_component(n "${p}" NAME)
+  if(NOT n MATCHES "^(ferry_|FERRY_)" AND NOT n MATCHES "\\.h\\.3$")
+    file(REMOVE "${p}")
+  endif()
+endforeach()
+file(GLOB headers "${MAN3}/*.h.3")
+foreach(p ${headers})
+  get_filename_component(n "${p}" NAME)
+  string(REGEX REPLACE "\\.h\\.3$" "" base "${n}")
+  file(RENAME "${p}" "${MAN3}/ferry_${base}.3")
+endforeach()
+file(GLOB pages "${MAN3}/*.3")
+foreach(p ${pages})
+  file(READ "${p}" text)
+  if(text MATCHES "^\\.so man3/[a-z_]+\\.h\\.3")
+    string(REGEX REPLACE "^\\.so man3/([a-z_]+)\\.h\\.3" ".so man3/ferry_\\1.3" text "${text}")
+    file(WRITE "${p}" "${text}")
+  endif()
+endforeach()
