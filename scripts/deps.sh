@@ -1,7 +1,8 @@
 #!/bin/sh
 # Install the Debian packages ferry needs, if any is missing.
-# As root: apt-get installs them. Otherwise: uses sudo when it works without a
-# password prompt, else prints the exact apt-get line and fails.
+# As root: apt-get installs them. Otherwise through sudo: at once when sudo needs
+# no password, or with sudo's own password prompt when run from a terminal;
+# with neither, it prints the exact apt-get line and fails.
 # Usage: scripts/deps.sh [build|test|bench|all]
 set -eu
 need="cmake gcc make pkg-config liburing-dev libcbor-dev"
@@ -21,7 +22,7 @@ echo "ferry: installing missing packages:$missing" >&2
 if [ "$(id -u)" = 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
-elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+elif command -v sudo >/dev/null 2>&1 && { sudo -n true 2>/dev/null || [ -t 0 ]; }; then
   sudo apt-get update -qq
   sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
 else
