@@ -227,14 +227,15 @@ FERRY_API size_t ferry_ring_spsc_max_record(const ferry_ring_spsc *r)
 /*
  * Per-side state. The plain calls keep it in the shared header (a trusted
  * peer's side); a view keeps it in its own private memory, so nothing a peer
- * writes there is ever read. A view's producer also reloads head on every
- * reserve (@fresh), so a head the peer rewrote is caught at the next post
- * rather than when the ring next looks full.
+ * writes there is ever read. Both sides cache the peer's index and reload
+ * (and validate) it only when the cache says full or empty: the peer's line
+ * crosses over once per refill, not once per record, and a head or tail the
+ * peer rewrote is caught at the next refill.
  */
 struct prod {
 	uint64_t *head_cache; /* last view of head */
 	uint64_t *resv;       /* reserved length + 1; 0 = no reservation */
-	bool fresh;           /* a view's: reload head at every reserve */
+	bool view;            /* a view's (private state, pinned capacity) */
 };
 struct cons {
 	uint64_t *tail_cache; /* last view of tail */
@@ -261,14 +262,13 @@ static inline struct cons view_cons(struct ferry_ring_spsc_view *v)
 
 /*
  * Room for @total bytes at @tail? Uses the cached head, reloading it only
- * when the cache says no (or always, when @fresh). Returns 0, -EAGAIN, or
- * -EPROTO (head out of range).
+ * when the cache says no. Returns 0, -EAGAIN, or -EPROTO (head out of range).
  */
-static inline int room(struct ferry_ring_spsc *r, struct prod ps, bool fresh, uint64_t cap,
-		       uint64_t tail, uint64_t total, const char *who)
+static inline int room(struct ferry_ring_spsc *r, struct prod ps, uint64_t cap, uint64_t tail,
+		       uint64_t total, const char *who)
 {
 	uint64_t head = *ps.head_cache;
-	if (FERRY_LIKELY(!fresh && tail - head <= cap && cap - (tail - head) >= total))
+	if (FERRY_LIKELY(tail - head <= cap && cap - (tail - head) >= total))
 		return 0;
 	/*
 	 * acquire: pairs with the consumer's release store of head in
@@ -341,7 +341,7 @@ __attribute__((noinline)) static int reserve_slow(ferry_ring_spsc *r, struct pro
 	if (FERRY_UNLIKELY(rc))
 		return rc;
 	uint64_t off = tail & (cap - 1), total = span(cap, off, len);
-	rc = room(r, ps, ps.fresh, cap, tail, total, who);
+	rc = room(r, ps, cap, tail, total, who);
 	if (rc)
 		return rc;
 	*ps.resv = (uint64_t)len + 1;
@@ -387,20 +387,20 @@ static inline __attribute__((always_inline)) int reserve_impl(ferry_ring_spsc *r
 							    uint64_t want, size_t len, void **p)
 {
 	if (FERRY_LIKELY(r && p)) {
-		uint64_t cap = ps.fresh ? snapshot_view(r, want) : snapshot(r, want);
+		uint64_t cap = ps.view ? snapshot_view(r, want) : snapshot(r, want);
 		/* relaxed: as in reserve_slow (closed is a flag; tail is ours) */
 		if (FERRY_LIKELY(cap && len <= max_rec(cap) &&
 				 !atomic_load_explicit(&r->closed, memory_order_relaxed) && !*ps.resv)) {
 			uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
 			uint64_t off = tail & (cap - 1), need = REC_HDR + align8(len);
+			/*
+			 * The cached head: validated when it was loaded (aligned, at most
+			 * capacity behind the tail of then), so one compare checks it both
+			 * for range and for room; head is reloaded (and validated) only
+			 * when the cache says full, in reserve_slow. A tail the peer
+			 * rewrote backwards fails the compare too (the difference wraps).
+			 */
 			uint64_t head = *ps.head_cache;
-			if (ps.fresh) {
-				/* acquire: as in room(); validated by the compare below or in reserve_slow */
-				head = atomic_load_explicit(&r->head, memory_order_acquire);
-				if (FERRY_LIKELY(!(head & 7) && tail - head <= cap))
-					*ps.head_cache = head;
-			}
-			/* one compare checks the cached head both for range and for room */
 			if (FERRY_LIKELY(!((tail | head) & 7) && off + need <= cap &&
 					 tail - head <= cap - need)) {
 				*ps.resv = (uint64_t)len + 1;
@@ -418,10 +418,12 @@ static inline __attribute__((always_inline)) int commit_impl(ferry_ring_spsc *r,
 	if (FERRY_LIKELY(r)) {
 		/*
 		 * A view needs no header check here: every address below comes from
-		 * its private capacity, and its reserve checked the header already.
+		 * its private capacity, and its reserve checked the header already;
+		 * nor a check of its private reservation against max_record, which
+		 * its own reserve bounded.
 		 */
-		uint64_t cap = ps.fresh ? want : snapshot(r, want), resv = *ps.resv;
-		if (FERRY_LIKELY(cap && len < resv && resv - 1 <= max_rec(cap))) {
+		uint64_t cap = ps.view ? want : snapshot(r, want), resv = *ps.resv;
+		if (FERRY_LIKELY(cap && len < resv && (ps.view || resv - 1 <= max_rec(cap)))) {
 			/* relaxed: only this side writes tail */
 			uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
 			uint64_t off = tail & (cap - 1);
@@ -444,7 +446,7 @@ static int push_batch_impl(ferry_ring_spsc *r, struct prod ps, uint64_t want,
 	static const char who[] = "ferry_ring_spsc_push_batch";
 	if (FERRY_UNLIKELY(!r || (!recs && n)))
 		return ferry__fail(-EINVAL, "%s: %s is NULL", who, r ? "recs" : "r");
-	uint64_t cap = snapshot(r, want);
+	uint64_t cap = ps.view ? snapshot_view(r, want) : snapshot(r, want);
 	if (FERRY_UNLIKELY(!cap))
 		return corrupt(r, who, "header (magic, version, capacity, mask)");
 	if (!n)
@@ -456,14 +458,39 @@ static int push_batch_impl(ferry_ring_spsc *r, struct prod ps, uint64_t want,
 	if (FERRY_UNLIKELY(rc))
 		return rc;
 	tail = tail0;
-	bool fresh = ps.fresh; /* a view reloads head once per batch */
-	size_t i;
-	for (i = 0; i < n; i++) {
+	const uint64_t mask = cap - 1, maxr = max_rec(cap);
+	size_t i = 0;
+	/*
+	 * Fast stretch: records that fit before the end of the buffer within the
+	 * room the cached head promises (one compare per record, no reload, no
+	 * pad); the general loop below takes over at the first that does not.
+	 */
+	uint64_t head = *ps.head_cache;
+	if (FERRY_LIKELY(tail - head <= cap)) {
+		/* as differences, never as end positions: a tail the peer set near
+		 * 2^64 must not wrap a bound into a larger one */
+		uint64_t left = cap - (tail - head), to_end = cap - (tail & mask);
+		if (to_end < left)
+			left = to_end; /* no wrap in the fast stretch */
+		for (; i < n; i++) {
+			size_t len = recs[i].len;
+			uint64_t step = REC_HDR + align8(len);
+			if (FERRY_UNLIKELY(len > maxr || (len && !recs[i].p) || step > left))
+				break;
+			unsigned char *at = r->data + (tail & mask);
+			*(uint64_t *)at = rec_word(KIND_DATA, len);
+			if (len)
+				memcpy(at + REC_HDR, recs[i].p, len);
+			tail += step;
+			left -= step;
+		}
+	}
+	for (; i < n; i++) {
 		size_t len = recs[i].len;
-		if (FERRY_UNLIKELY(len > max_rec(cap))) {
+		if (FERRY_UNLIKELY(len > maxr)) {
 			if (i == 0)
 				return ferry__fail(-EMSGSIZE, "%s: recs[0].len %zu exceeds max_record %llu",
-						   who, len, (unsigned long long)max_rec(cap));
+						   who, len, (unsigned long long)maxr);
 			break;
 		}
 		if (FERRY_UNLIKELY(len && !recs[i].p)) {
@@ -471,9 +498,8 @@ static int push_batch_impl(ferry_ring_spsc *r, struct prod ps, uint64_t want,
 				return ferry__fail(-EINVAL, "%s: recs[0].p is NULL", who);
 			break;
 		}
-		uint64_t total = span(cap, tail & (cap - 1), len);
-		rc = room(r, ps, fresh, cap, tail0, tail - tail0 + total, who);
-		fresh = false;
+		uint64_t total = span(cap, tail & mask, len);
+		rc = room(r, ps, cap, tail0, tail - tail0 + total, who);
 		if (rc) {
 			if (i == 0 || rc != -EAGAIN)
 				return rc;
@@ -595,8 +621,19 @@ static inline __attribute__((always_inline)) int peek_impl(ferry_ring_spsc *r, s
 			if (tail == head) {
 				/* acquire: pairs with the producer's release store of tail in commit() */
 				tail = atomic_load_explicit(&r->tail, memory_order_acquire);
-				if (FERRY_LIKELY(tail - head - 1 < cap && !((tail | head) & 7)))
+				if (FERRY_LIKELY(tail - head - 1 < cap && !((tail | head) & 7))) {
 					*cs.tail_cache = tail;
+				} else if (tail == head && !(head & 7) &&
+					   /* relaxed: closed goes to the slow path, which rereads it with acquire */
+					   !atomic_load_explicit(&r->closed, memory_order_relaxed)) {
+					/*
+					 * Empty and open: the common answer of a poll, without
+					 * the slow path's second look at tail. (Prefetching the
+					 * next record's lines here measured slower: the poll
+					 * then contends with the producer writing them.)
+					 */
+					return -EAGAIN;
+				}
 			}
 			uint64_t avail = tail - head, off = head & (cap - 1);
 			if (FERRY_LIKELY(avail - 1 < cap && !((tail | head) & 7))) {
@@ -623,7 +660,7 @@ static int peek_batch_impl(ferry_ring_spsc *r, struct cons cs, uint64_t want,
 	static const char who[] = "ferry_ring_spsc_peek_batch";
 	if (FERRY_UNLIKELY(!r || (!out && n)))
 		return ferry__fail(-EINVAL, "%s: %s is NULL", who, r ? "out" : "r");
-	uint64_t cap = snapshot(r, want);
+	uint64_t cap = cs.view ? snapshot_view(r, want) : snapshot(r, want);
 	if (FERRY_UNLIKELY(!cap))
 		return corrupt(r, who, "header (magic, version, capacity, mask)");
 	if (!n)
@@ -634,6 +671,18 @@ static int peek_batch_impl(ferry_ring_spsc *r, struct cons cs, uint64_t want,
 	int rc = consumer_start(r, cs, cap, &head, &tail, who);
 	if (rc)
 		return rc;
+	/*
+	 * Each record's position comes from the previous one's header, so a
+	 * walk over lines the producer just wrote would wait for one line
+	 * transfer after another. The committed span [head, tail) is known:
+	 * keep hints for its lines running PF_AHEAD bytes ahead of the walk
+	 * (prefetches: inside the ring, nothing loaded, nothing ordered).
+	 */
+	enum { PF_AHEAD = 1024 };
+	uint64_t pf = head & ~(uint64_t)63;
+	uint64_t pf_stop = tail - head < PF_AHEAD ? tail : head + PF_AHEAD;
+	for (; pf < pf_stop; pf += 64)
+		__builtin_prefetch(r->data + (pf & (cap - 1)));
 	size_t i = 0;
 	for (pos = head; i < n && pos != tail; i++) {
 		rc = next_rec(r, cap, pos, tail - pos, &off, &len, &adv, who);
@@ -642,6 +691,9 @@ static int peek_batch_impl(ferry_ring_spsc *r, struct cons cs, uint64_t want,
 		out[i].p = r->data + off + REC_HDR;
 		out[i].len = (size_t)len;
 		pos += adv;
+		pf_stop = tail - pos < PF_AHEAD ? tail : pos + PF_AHEAD;
+		for (; pf < pf_stop; pf += 64)
+			__builtin_prefetch(r->data + (pf & (cap - 1)));
 	}
 	*cs.adv = pos - head;
 	return (int)i;

@@ -40,8 +40,9 @@
  * producer alone writes tail (release, pairs with the consumer's acquire load
  * in peek) and the consumer alone writes head (release, pairs with the
  * producer's acquire load in reserve). The consumer caches tail and reloads
- * it only when the cache says empty; the plain producer caches head likewise,
- * a view's producer reloads (and validates) head at every reserve. A view
+ * it only when the cache says empty; the producer caches head likewise and
+ * reloads (and validates) it only when the cache says full, so a rewritten
+ * peer index is caught at the next refill, not at every record. A view
  * keeps its side's state in the view, never in the shared header: what the
  * peer writes there is never read, and a side that never scribbles a shared
  * line saves a cache-line transfer per record (views are the faster path).

@@ -1249,9 +1249,74 @@ Test(ring_spsc, a_view_ignores_the_shared_per_side_words)
 		cr_expect_eq(ferry_ring_spsc_used(r), 0, "round %d", round);
 	}
 	cr_expect_not(ferry_ring_spsc_is_closed(r));
-	/* the peer moves head past tail: the producer's next reserve sees it */
-	*w64(r, OFF_HEAD) = *w64(r, OFF_TAIL) + 64;
-	cr_expect_eq(ferry_ring_spsc_view_reserve(&pv, 8, &w), -EPROTO);
+	/*
+	 * the peer moves head past tail: the producer caches head and reloads
+	 * (and validates) it when the cache says full, so it sees the rewrite
+	 * within a ring's worth of records, never writing outside the ring (a
+	 * head only a little ahead would look, once the tail passed it, like a
+	 * consumer that read on: harmless, and not what this checks)
+	 */
+	*w64(r, OFF_HEAD) = *w64(r, OFF_TAIL) + 4 * ferry_ring_spsc_capacity(r) + 64;
+	int rc = 0;
+	for (size_t k = 0; rc == 0 && k <= ferry_ring_spsc_capacity(r) / 16; k++) {
+		rc = ferry_ring_spsc_view_reserve(&pv, 8, &w);
+		if (rc == 0)
+			cr_assert_eq(ferry_ring_spsc_view_commit(&pv, 8), 0);
+	}
+	cr_expect_eq(rc, -EPROTO);
 	cr_expect(ferry_ring_spsc_is_closed(r));
 	free(r);
+}
+
+/*
+ * Positions are free-running 64-bit counters: a batch that crosses 2^64
+ * (or a peer that put tail and head there) stays inside the ring, and what
+ * goes in comes out in order. The batch's fast stretch bounds itself by
+ * differences, so no bound wraps into a larger one (ASan checks the bytes).
+ */
+Test(ring_spsc, batches_across_the_top_of_the_position_space)
+{
+	for (int use_view = 0; use_view < 2; use_view++) {
+		size_t n;
+		ferry_ring_spsc *r = mk(1024, &n);
+		uint64_t top = UINT64_MAX - 7 - 4096; /* aligned, four laps below 2^64 */
+		*w64(r, OFF_TAIL) = top;
+		*w64(r, OFF_HEAD) = top;
+		*w64(r, OFF_HEAD_CACHE) = top;
+		*w64(r, OFF_TAIL_CACHE) = top;
+		struct ferry_ring_spsc_view pv, cv;
+		cr_assert_eq(ferry_ring_spsc_view_init(&pv, r, n), 0, "%s", ferry_errmsg());
+		cr_assert_eq(ferry_ring_spsc_view_init(&cv, r, n), 0, "%s", ferry_errmsg());
+		unsigned char src[8][64];
+		struct ferry_ring_rec in[8], out[8];
+		unsigned next_in = 0, next_out = 0;
+		for (int round = 0; round < 200; round++) {
+			for (int k = 0; k < 8; k++) {
+				memset(src[k], (int)(next_in + (unsigned)k), sizeof src[k]);
+				in[k] = (struct ferry_ring_rec){ src[k], sizeof src[k] };
+			}
+			int got = use_view ? ferry_ring_spsc_view_push_batch(&pv, in, 8)
+					   : ferry_ring_spsc_push_batch(r, in, 8);
+			cr_assert(got > 0 || got == -EAGAIN, "round %d: %d %s", round, got,
+				  ferry_errmsg());
+			if (got > 0)
+				next_in += (unsigned)got;
+			/* the consumer lags (5 a round for 8 offered): the ring stays
+			 * part full while the positions cross 2^64 */
+			int took = use_view ? ferry_ring_spsc_view_peek_batch(&cv, out, 5)
+					    : ferry_ring_spsc_peek_batch(r, out, 5);
+			cr_assert_gt(took, 0, "round %d: %d %s", round, took, ferry_errmsg());
+			for (int k = 0; k < took; k++, next_out++) {
+				cr_assert_eq(out[k].len, 64);
+				cr_assert_eq(((const unsigned char *)out[k].p)[63], (unsigned char)next_out);
+			}
+			if (use_view)
+				ferry_ring_spsc_view_release(&cv);
+			else
+				ferry_ring_spsc_release(r);
+		}
+		cr_expect_not(ferry_ring_spsc_is_closed(r));
+		cr_expect_lt(*w64(r, OFF_TAIL), top, "the positions wrapped");
+		free(r);
+	}
 }
