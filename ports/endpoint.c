@@ -29,6 +29,7 @@
  */
 #include "ferry/endpoint.h"
 #include "ferry/ring.h"
+#include "ports/msg_int.h"
 #include "ports/port_int.h"
 #include "shm/err.h"
 
@@ -448,6 +449,7 @@ static int serve(ferry_listener *l, int c, ferry_port **out, int64_t send_timeou
 		.max_message = mine->max_message,
 	};
 	int fds[2] = { ferry_seg_fd(theirs->seg), theirs->sock };
+	ferry__msg_sock_sent(theirs->sock);
 	rc = ferry_fds_send(c, &h, sizeof h, fds, 2, send_timeout);
 	close(c);
 	if (rc) {

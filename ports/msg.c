@@ -28,13 +28,17 @@
  */
 #include "ferry/buf.h"
 #include "ferry/value.h"
+#include "ports/msg_int.h"
 #include "ports/port_int.h"
 #include "shm/buf_int.h"
 #include "shm/err.h"
+#include "shm/seg_int.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -66,6 +70,8 @@ struct handle_desc {
 
 #define MAX_FDS (2 * FERRY_MSG_MAX_HANDLES + 1)
 #define SCRATCH_BYTES ((size_t)64 * 1024)
+
+static void sock_sent(int sock);
 
 static unsigned fds_of(uint32_t type)
 {
@@ -282,6 +288,7 @@ static int plan_handles(const struct ferry_xfer *x, struct plan *pl)
 			d->len = (uint64_t)q->side;
 			pl->fds[pl->nfds++] = ferry_seg_fd(q->seg);
 			pl->fds[pl->nfds++] = q->sock;
+			sock_sent(q->sock);
 			continue;
 		}
 		ferry_buf *b = h->handle;
@@ -294,7 +301,10 @@ static int plan_handles(const struct ferry_xfer *x, struct plan *pl)
 		}
 		pl->transferred[i] = x && in_list((void *const *)x->bufs, x->nbufs, b);
 		ferry_seg *seg = ferry__buf_seg(b);
-		if (pl->transferred[i] && seg) {
+		/* A buffer handed over from a spilled body (spill_own) holds its
+		 * bytes at an offset of a segment it shares with other data: it
+		 * moves as a copy, never as that segment. */
+		if (pl->transferred[i] && seg && ferry_buf_data(b) == ferry_seg_data(seg)) {
 			/* A move: the pages go, one fd whatever the size. */
 			d->type = H_BUF_SEG;
 			pl->fds[pl->nfds++] = ferry_seg_fd(seg);
@@ -343,36 +353,241 @@ static int send_fds(ferry_port *p, uint64_t seq, const int *fds, unsigned n, int
  */
 #define SPILL_MAGIC 0x6c6c697079726566ull /* "ferryspill" */
 #define SPILL_HDR ((size_t)64)
+/* Smallest inline buffer handed over in place rather than copied out. */
+#define HAND_MIN ((size_t)64 * 1024)
 
 struct spill_hdr {
 	uint64_t magic;
 	_Atomic uint32_t busy; /* sender sets, receiver clears when done */
 };
 
+/*
+ * Handing a spilled body over within this process. A receiver in another
+ * process must copy the bytes out (the sender keeps write access to a
+ * reused segment); a receiver in this process may keep them where they are
+ * (a thread peer is trusted), but a port cannot tell where its peer is: the
+ * receiving end may have moved since the post. So the receiver decides, per
+ * message, from the segment itself: the process keeps a list of the spill
+ * segments its own senders own, and how often each one's fd was sent and how
+ * often a receiver of this process took it. A segment whose every send so far
+ * arrived here, through the control socket of the channel it was sent on
+ * (the other side of it), a socket whose pair was made in this process and
+ * never left it (no other process can have peeked the fd off it), and that
+ * no fork copied into another process, has never had its fd or a mapping
+ * anywhere else: nobody outside this process can write it, so its bytes are
+ * a snapshot that may be handed out in place (one copy for the whole trip).
+ * Anything else (another process's memfd, a segment that once went
+ * elsewhere or was dropped as a stale batch, one alive at a fork, a port
+ * that travelled) is copied out as before.
+ *
+ * The buffers handed out hold references to the sender's segment; the
+ * sender takes a segment again only when its busy word is clear and no such
+ * buffer is left (ferry__seg_refs == 1: its spill_tx reference alone).
+ */
+struct spill_own {
+	struct spill_own *next;
+	uint64_t id;    /* (dev, inode), as spill_map computes it */
+	ferry_seg *seg; /* the sender's, borrowed from its spill_tx */
+	uint64_t sent;  /* posts that sent (or tried to send) its fd */
+	uint64_t seen;  /* of those, the ones a receiver of this process took */
+	uint64_t chan;  /* the channel (chan_id) and side of the port that */
+	int side;       /* sends it: only that channel's other side takes it */
+	int forked;     /* a fork copied its fd and mapping into a child */
+};
+
+static pthread_mutex_t own_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct spill_own *own_list;
+static pthread_once_t own_once = PTHREAD_ONCE_INIT;
+
+/*
+ * Control sockets (by inode) that left this process, or may have: a
+ * receiving port whose socket is one of them may share it with another
+ * process, which can then MSG_PEEK the spill fds queued on it (a peek
+ * installs them too). Never shrinks (a closed socket's inode reused by a
+ * new one is only refused a zero-copy receive); past SOCK_SENT_MAX entries
+ * every socket counts as having left.
+ */
+#define SOCK_SENT_MAX 4096
+static uint64_t sock_sent_ids[SOCK_SENT_MAX];
+static size_t sock_sent_n;
+static int sock_sent_full;
+
+/* Held across fork so that the child does not inherit it held; both sides
+ * mark every segment alive at the fork: each process now has a writable
+ * copy of the other's. */
+static void own_prefork(void)
+{
+	pthread_mutex_lock(&own_lock);
+}
+
+static void own_postfork(void)
+{
+	for (struct spill_own *e = own_list; e; e = e->next)
+		e->forked = 1;
+	pthread_mutex_unlock(&own_lock);
+}
+
+static void own_init(void)
+{
+	pthread_atfork(own_prefork, own_postfork, own_postfork);
+}
+
+static int fd_id(int fd, uint64_t *id)
+{
+	struct stat st;
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	*id = ((uint64_t)st.st_dev << 32) ^ (uint64_t)st.st_ino;
+	return 0;
+}
+
+static void sock_sent(int sock)
+{
+	uint64_t id;
+	int known = fd_id(sock, &id) == 0;
+	pthread_once(&own_once, own_init);
+	pthread_mutex_lock(&own_lock);
+	if (!known || sock_sent_n == SOCK_SENT_MAX) {
+		sock_sent_full = 1;
+	} else {
+		size_t i = 0;
+		while (i < sock_sent_n && sock_sent_ids[i] != id)
+			i++;
+		if (i == sock_sent_n)
+			sock_sent_ids[sock_sent_n++] = id;
+	}
+	pthread_mutex_unlock(&own_lock);
+}
+
+void ferry__msg_sock_sent(int sock)
+{
+	sock_sent(sock);
+}
+
+/* The control socket @sock_id never left this process (sock_sent); the
+ * caller checks that its pair was made here. Called with own_lock held. */
+static int sock_stayed(uint64_t sock_id)
+{
+	if (sock_sent_full)
+		return 0;
+	for (size_t i = 0; i < sock_sent_n; i++)
+		if (sock_sent_ids[i] == sock_id)
+			return 0;
+	return 1;
+}
+
+/* Best effort: a segment left out is only ever copied. */
+static void own_add(ferry_seg *s)
+{
+	uint64_t id = 0;
+	if (fd_id(ferry_seg_fd(s), &id))
+		return;
+	struct spill_own *e = calloc(1, sizeof *e);
+	if (!e)
+		return;
+	e->id = id;
+	e->seg = s;
+	pthread_once(&own_once, own_init);
+	pthread_mutex_lock(&own_lock);
+	e->next = own_list;
+	own_list = e;
+	pthread_mutex_unlock(&own_lock);
+}
+
+/* Before the sender drops its reference: a receiver finds it no more. */
+static void own_del(ferry_seg *s)
+{
+	if (!s)
+		return;
+	pthread_mutex_lock(&own_lock);
+	for (struct spill_own **pp = &own_list; *pp; pp = &(*pp)->next)
+		if ((*pp)->seg == s) {
+			struct spill_own *e = *pp;
+			*pp = e->next;
+			free(e);
+			break;
+		}
+	pthread_mutex_unlock(&own_lock);
+}
+
+/* Port @p is about to send @s's fd. */
+static void own_sent(const ferry_port *p, ferry_seg *s)
+{
+	pthread_mutex_lock(&own_lock);
+	for (struct spill_own *e = own_list; e; e = e->next)
+		if (e->seg == s) {
+			e->sent++;
+			e->chan = p->chan_id;
+			e->side = p->side;
+			break;
+		}
+	pthread_mutex_unlock(&own_lock);
+}
+
+/* Receiving port @p of this process got the spill fd whose memfd is @id:
+ * a new reference to the sender's segment when it may be read in place (and
+ * holds @need bytes), else NULL (copy it out). Read in place only if every
+ * send of the segment so far was taken here, the last one by the other side
+ * of the channel it was sent on, through a socket that never left this
+ * process (so that no other process can have peeked the fd either), and no
+ * fork happened while it was alive. */
+static ferry_seg *own_take(const ferry_port *p, uint64_t id, size_t need)
+{
+	ferry_seg *out = NULL;
+	pthread_mutex_lock(&own_lock);
+	for (struct spill_own *e = own_list; e; e = e->next) {
+		if (e->id != id)
+			continue;
+		if (!e->forked && e->sent == e->seen + 1 && e->chan == p->chan_id &&
+		    e->side != p->side && ferry_seg_size(e->seg) >= need) {
+			/* Only now the syscalls (under the lock: neither blocks):
+			 * a segment of another process is not on the list at all. */
+			uint64_t sock_id = 0;
+			struct ucred cr;
+			socklen_t crl = sizeof cr;
+			if (fd_id(p->sock, &sock_id) == 0 &&
+			    getsockopt(p->sock, SOL_SOCKET, SO_PEERCRED, &cr, &crl) == 0 &&
+			    crl == sizeof cr && cr.pid == getpid() && sock_stayed(sock_id))
+				out = ferry_seg_ref(e->seg);
+		}
+		e->seen++;
+		break;
+	}
+	pthread_mutex_unlock(&own_lock);
+	return out;
+}
+
 static int spill_take(ferry_port *p, size_t body_len, ferry_seg **out)
 {
 	size_t need = SPILL_HDR + body_len;
-	int slot = -1;
+	int empty = -1, small = -1, held = -1;
 	for (int i = 0; i < FERRY_SPILL_CACHE; i++) {
 		ferry_seg *s = p->spill_tx[i];
 		if (!s) {
-			if (slot < 0)
-				slot = i;
+			if (empty < 0)
+				empty = i;
 			continue;
 		}
 		struct spill_hdr *h = ferry_seg_data(s);
 		/* acquire: pairs with the receiver's release once it has decoded. */
 		if (atomic_load_explicit(&h->busy, memory_order_acquire))
 			continue;
+		/* Buffers handed out of it in this process still use it. */
+		if (ferry__seg_refs(s) > 1) {
+			held = i;
+			continue;
+		}
 		if (ferry_seg_size(s) >= need) {
 			atomic_store_explicit(&h->busy, 1, memory_order_relaxed);
 			*out = s;
 			return 0;
 		}
-		slot = i; /* idle but small: replace it */
+		small = i; /* idle but small: replace it */
 	}
-	if (slot < 0)
-		slot = 0; /* all busy (a receiver lagging or gone): let the oldest go */
+	/* A free slot, else an idle segment too small, else one the receiver's
+	 * buffers keep (they keep it alive without us), else all are busy (a
+	 * receiver lagging or gone): let the oldest go. */
+	int slot = empty >= 0 ? empty : small >= 0 ? small : held >= 0 ? held : 0;
 	/* Round up so that messages of similar sizes share a segment. */
 	size_t size = 1u << 16;
 	while (size < need)
@@ -384,8 +599,10 @@ static int spill_take(ferry_port *p, size_t body_len, ferry_seg **out)
 	struct spill_hdr *h = ferry_seg_data(s);
 	h->magic = SPILL_MAGIC;
 	atomic_store_explicit(&h->busy, 1, memory_order_relaxed);
+	own_del(p->spill_tx[slot]);
 	ferry_seg_unref(p->spill_tx[slot]);
 	p->spill_tx[slot] = s;
+	own_add(s);
 	*out = s;
 	return 0;
 }
@@ -398,16 +615,10 @@ static void spill_put_back(ferry_seg *s)
 				      memory_order_release);
 }
 
-/* The receiver's mapping of the spill segment behind @fd (consumed). */
-static int spill_map(ferry_port *p, int fd, size_t body_len, ferry_seg **out)
+/* The receiver's mapping of the spill segment behind @fd (consumed), the
+ * memfd @id. */
+static int spill_map(ferry_port *p, int fd, uint64_t id, size_t body_len, ferry_seg **out)
 {
-	struct stat st;
-	if (fstat(fd, &st) < 0) {
-		int rc = ferry__errno(-errno, "ferry_port_recv: fstat of a spilled message");
-		close(fd);
-		return rc;
-	}
-	uint64_t id = ((uint64_t)st.st_dev << 32) ^ (uint64_t)st.st_ino;
 	int victim = 0;
 	for (int i = 0; i < FERRY_SPILL_CACHE; i++) {
 		struct spill_rx *c = &p->spill_rx[i];
@@ -450,6 +661,7 @@ static void spill_release(ferry_seg *s)
 void ferry__msg_port_fini(ferry_port *p)
 {
 	for (int i = 0; i < FERRY_SPILL_CACHE; i++) {
+		own_del(p->spill_tx[i]);
 		ferry_seg_unref(p->spill_tx[i]);
 		p->spill_tx[i] = NULL;
 		ferry_seg_unref(p->spill_rx[i].seg);
@@ -574,6 +786,8 @@ FERRY_API int ferry_port_post(ferry_port *p, const ferry_value *v, const struct 
 			if (left < 0)
 				left = 0;
 		}
+		if (spilled)
+			own_sent(p, pl.spill);
 		rc = send_fds(p, ch.fd_seq, pl.fds, pl.nfds, left);
 		if (rc) {
 			/* The void record names the abandoned sequence: the receiver
@@ -715,6 +929,8 @@ int ferry__msg_decode(ferry_port *p, const unsigned char *rec, size_t len, ferry
 	struct msg_handle *hs = NULL;
 	struct ferry_clone_handle *table = NULL;
 	ferry_seg *spill = NULL;
+	ferry_seg *own = NULL; /* the sender's segment, read in place (spill_own) */
+	int hand = 0;          /* hand its big inline buffers over */
 	ferry_msg *m = NULL;
 
 	/* Take the fds off the socket first, whatever follows, so that a bad
@@ -795,9 +1011,20 @@ int ferry__msg_decode(ferry_port *p, const unsigned char *rec, size_t len, ferry
 					 (unsigned long long)ch.body_len);
 			goto fail;
 		}
-		rc = spill_map(p, fd, ch.body_len, &spill);
-		if (rc)
+		uint64_t id = 0;
+		rc = fd_id(fd, &id);
+		if (rc) {
+			close(fd);
+			rc = ferry__errno(rc, "ferry_port_recv: fstat of a spilled message");
 			goto fail;
+		}
+		own = own_take(p, id, SPILL_HDR + ch.body_len);
+		if (own) {
+			close(fd); /* the sender's own mapping serves */
+			spill = own;
+		} else if ((rc = spill_map(p, fd, id, ch.body_len, &spill)) != 0) {
+			goto fail;
+		}
 		body = (const unsigned char *)ferry_seg_data(spill) + SPILL_HDR;
 	} else {
 		if (ch.body_len != len) {
@@ -813,6 +1040,16 @@ int ferry__msg_decode(ferry_port *p, const unsigned char *rec, size_t len, ferry
 		goto fail;
 	}
 
+	if (own) {
+		/* In place only when the big buffers are most of the body: each
+		 * one handed out keeps the whole segment. */
+		uint64_t big = 0;
+		for (uint32_t i = 0; i < ch.nhandles; i++)
+			if (descs[i].type == H_BUF_INLINE && descs[i].len >= HAND_MIN)
+				big += descs[i].len;
+		hand = big >= ch.body_len / 2;
+	}
+
 	unsigned fi = 0;
 	for (uint32_t i = 0; i < ch.nhandles; i++) {
 		struct handle_desc *d = &descs[i];
@@ -825,7 +1062,14 @@ int ferry__msg_decode(ferry_port *p, const unsigned char *rec, size_t len, ferry
 						 i, (unsigned long long)d->off, (unsigned long long)d->len);
 				goto fail;
 			}
-			rc = ferry__buf_from_bytes(&b, body + d->off, d->len);
+			if (hand && d->len >= HAND_MIN) {
+				rc = ferry__buf_from_seg_at(&b, ferry_seg_ref(own),
+							    (unsigned char *)(uintptr_t)(body + d->off), d->len);
+				if (rc)
+					ferry_seg_unref(own);
+			} else {
+				rc = ferry__buf_from_bytes(&b, body + d->off, d->len);
+			}
 			hs[i].kind = FERRY_VALUE_BUF;
 			hs[i].handle = b;
 			break;
@@ -891,6 +1135,7 @@ int ferry__msg_decode(ferry_port *p, const unsigned char *rec, size_t len, ferry
 	m->handles = hs;
 	m->nhandles = ch.nhandles;
 	spill_release(spill);
+	ferry_seg_unref(own);
 	free(descs);
 	free(table);
 	*out = m;
@@ -901,6 +1146,7 @@ fail:
 		free_handles(hs, ch.nhandles <= FERRY_MSG_MAX_HANDLES ? ch.nhandles : 0);
 	close_fds(fds, nfds);
 	spill_release(spill);
+	ferry_seg_unref(own);
 	free(descs);
 	free(hs);
 	free(table);

@@ -297,3 +297,19 @@ FERRY_API void ferry_buf_free(ferry_buf *b)
 	ferry__buf_detach(b);
 	free(b);
 }
+
+/* Added for ports/msg.c: a plain buffer of @len bytes at @data inside @seg
+ * (taking the caller's reference), e.g. part of a spilled body handed over
+ * within one process. Its bytes need not start the segment, so a move of it
+ * must copy (msg.c checks ferry_buf_data against ferry_seg_data). */
+int ferry__buf_from_seg_at(ferry_buf **out, ferry_seg *seg, void *data, size_t len)
+{
+	ferry_buf *b = handle_new();
+	if (!b)
+		return -ENOMEM;
+	b->seg = seg;
+	b->data = data;
+	b->len = len;
+	*out = b;
+	return 0;
+}

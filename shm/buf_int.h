@@ -24,4 +24,8 @@ int ferry__buf_import_shared(ferry_buf **out, int fd, size_t len);
 /* A new plain buffer on the heap holding a copy of @len bytes at @data. */
 int ferry__buf_from_bytes(ferry_buf **out, const void *data, size_t len);
 
+/* A new plain handle over @len bytes at @data inside @seg (taking the
+ * caller's reference); the bytes need not start the segment. */
+int ferry__buf_from_seg_at(ferry_buf **out, ferry_seg *seg, void *data, size_t len);
+
 #endif

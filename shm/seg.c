@@ -9,6 +9,7 @@
  */
 #include "ferry/seg.h"
 #include "shm/err.h"
+#include "shm/seg_int.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -339,4 +340,13 @@ FERRY_API void ferry_seg_unref(ferry_seg *seg)
 	munmap(seg->data, seg->size);
 	close(seg->fd);
 	free(seg);
+}
+
+/* Added for ports/msg.c (spill segments handed to a receiver in this
+ * process): how many references @seg has. acquire: pairs with the acq_rel
+ * decrement of ferry_seg_unref, so a holder's writes to the segment come
+ * before whatever the caller does once it sees the count drop. */
+unsigned ferry__seg_refs(const ferry_seg *seg)
+{
+	return atomic_load_explicit(&((ferry_seg *)seg)->refs, memory_order_acquire);
 }

@@ -3,6 +3,7 @@
 #include <ferry.h>
 
 #include "ports/port_int.h"
+#include "shm/buf_int.h"
 #include "util/util.h"
 
 #include <criterion/criterion.h>
@@ -11,6 +12,10 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 static struct tu_baseline base;
 
@@ -864,3 +869,333 @@ static void shared_posted_twice(int backend)
 
 Test(msg, shared_posted_twice_mapped_once_thread) { shared_posted_twice(FERRY_THREAD); }
 Test(msg, shared_posted_twice_mapped_once_process) { shared_posted_twice(FERRY_PROCESS); }
+
+/* ---- spilled bodies handed over within one process ---- */
+
+#define HAND_BYTES ((size_t)1 << 20)
+
+static void hand_fill(ferry_buf *b, unsigned char seed)
+{
+	unsigned char *d = ferry_buf_data(b);
+	for (size_t i = 0; i < ferry_buf_len(b); i++)
+		d[i] = (unsigned char)(seed + i * 7);
+}
+
+static int hand_holds(const ferry_buf *b, unsigned char seed)
+{
+	const unsigned char *d = ferry_buf_data(b);
+	if (!d || ferry_buf_len(b) != HAND_BYTES)
+		return 0;
+	for (size_t i = 0; i < HAND_BYTES; i++)
+		if (d[i] != (unsigned char)(seed + i * 7))
+			return 0;
+	return 1;
+}
+
+static ferry_buf *hand_buf(const ferry_msg *m)
+{
+	enum ferry_value_kind k = FERRY_VALUE_UNDEFINED;
+	ferry_buf *h = ferry_value_get_handle(ferry_msg_value(m), &k);
+	cr_assert(h && k == FERRY_VALUE_BUF, "the message holds no buffer");
+	return h;
+}
+
+/* A buffer received in place is a segment's (the sender's spill segment),
+ * one copied out is the heap's. */
+static int handed_over(const ferry_buf *h)
+{
+	return ferry__buf_seg(h) != NULL;
+}
+
+/* Both ends in this process: the big buffer is read in place, it is the
+ * snapshot of the post (the sender's later writes do not reach it), and the
+ * sender does not reuse its segment while the receiver holds the buffer. */
+Test(msg, big_clone_handed_over_in_process)
+{
+	ferry_port *a, *b;
+	cr_assert_eq(ferry_channel(&a, &b, NULL), 0);
+	ferry_buf *src;
+	cr_assert_eq(ferry_buf_create(&src, HAND_BYTES, 0), 0);
+	ferry_value *v = ferry_value_handle(FERRY_VALUE_BUF, src);
+	ferry_msg *held[6];
+	for (int i = 0; i < 6; i++) {
+		hand_fill(src, (unsigned char)i);
+		cr_assert_eq(ferry_port_post(a, v, NULL, T10S), 0, "%s", ferry_errmsg());
+		memset(ferry_buf_data(src), 0xee, HAND_BYTES); /* after the post: not sent */
+		held[i] = recv_ok(b);
+		ferry_buf *h = hand_buf(held[i]);
+		cr_assert(handed_over(h), "message %d was copied out", i);
+		cr_assert(ferry_buf_is_shared(h) == 0);
+		/* every earlier one is intact: its segment was not reused */
+		for (int j = 0; j <= i; j++)
+			cr_assert(hand_holds(hand_buf(held[j]), (unsigned char)j),
+				  "message %d changed after message %d", j, i);
+	}
+	/* the receiver may write its buffer like any other */
+	memset(ferry_buf_data(hand_buf(held[0])), 1, HAND_BYTES);
+	cr_assert(hand_holds(hand_buf(held[1]), 1));
+	for (int i = 0; i < 6; i++)
+		ferry_msg_free(held[i]);
+	/* and once they are freed, the segments are reused: no pile-up */
+	int maps = tu_count_maps();
+	for (int i = 0; i < 20; i++) {
+		hand_fill(src, (unsigned char)(i + 9));
+		cr_assert_eq(ferry_port_post(a, v, NULL, T10S), 0, "%s", ferry_errmsg());
+		ferry_msg *m = recv_ok(b);
+		cr_assert(hand_holds(hand_buf(m), (unsigned char)(i + 9)));
+		ferry_msg_free(m);
+	}
+	cr_assert_leq(tu_count_maps(), maps, "spill segments pile up: %d mappings, %d before",
+		      tu_count_maps(), maps);
+	ferry_value_free(v);
+	ferry_buf_free(src);
+	ferry_port_destroy(a);
+	ferry_port_destroy(b);
+}
+
+/* A buffer received in place lives inside a spill segment: moved on, it
+ * travels as a copy (never as that segment), to a thread or a process. */
+static void handed_over_moves(int backend)
+{
+	ferry_port *a, *b;
+	cr_assert_eq(ferry_channel(&a, &b, NULL), 0);
+	ferry_buf *src;
+	cr_assert_eq(ferry_buf_create(&src, HAND_BYTES, 0), 0);
+	hand_fill(src, 3);
+	ferry_value *v = ferry_value_handle(FERRY_VALUE_BUF, src);
+	cr_assert_eq(ferry_port_post(a, v, NULL, T10S), 0, "%s", ferry_errmsg());
+	ferry_msg *m = recv_ok(b);
+	ferry_buf *h = hand_buf(m);
+	cr_assert(handed_over(h));
+	cr_assert_eq(ferry_msg_keep(m, h), 0);
+	ferry_msg_free(m);
+
+	ferry_worker *w = spawn(backend, echo_values);
+	ferry_port *p = ferry_worker_port(w);
+	ferry_value *hv = ferry_value_handle(FERRY_VALUE_BUF, h);
+	ferry_buf *const list[1] = { h };
+	struct ferry_xfer x = { .bufs = list, .nbufs = 1 };
+	cr_assert_eq(ferry_port_post(p, hv, &x, T10S), 0, "%s", ferry_errmsg());
+	cr_assert(ferry_buf_is_detached(h));
+	ferry_msg *back = recv_ok(p);
+	cr_assert(hand_holds(hand_buf(back), 3), "the moved buffer came back different");
+	ferry_msg_free(back);
+	finish(w);
+	ferry_value_free(hv);
+	ferry_buf_free(h);
+	ferry_value_free(v);
+	ferry_buf_free(src);
+	ferry_port_destroy(a);
+	ferry_port_destroy(b);
+}
+
+Test(msg, handed_over_buffer_moves_as_a_copy_thread) { handed_over_moves(FERRY_THREAD); }
+Test(msg, handed_over_buffer_moves_as_a_copy_process) { handed_over_moves(FERRY_PROCESS); }
+
+/* The worker takes port b1 (from the first message), receives one big clone
+ * on it, and sends b1 back. */
+static int take_big_return_port(ferry_worker_ctx *ctx)
+{
+	ferry_port *p = ferry_worker_ctx_port(ctx);
+	ferry_msg *m, *big;
+	if (ferry_port_recv(p, &m, T10S))
+		return 1;
+	ferry_port *q = ferry_msg_port(m, 0);
+	if (!q || ferry_msg_keep(m, q))
+		return 2;
+	ferry_msg_free(m);
+	if (ferry_port_recv(q, &big, T10S))
+		return 3;
+	ferry_msg_free(big);
+	ferry_value *ref = ferry_value_handle(FERRY_VALUE_PORT, q);
+	ferry_port *const list[1] = { q };
+	struct ferry_xfer x = { .ports = list, .nports = 1 };
+	int rc = ferry_port_post(p, ref, &x, T10S);
+	ferry_value_free(ref);
+	ferry_port_destroy(q);
+	if (rc)
+		return 4;
+	/* the parent's null ends it */
+	if (ferry_port_recv(p, &m, T10S) == 0)
+		ferry_msg_free(m);
+	return 0;
+}
+
+/* A port that travelled in a message may have left a dup of its control
+ * socket behind (a peek at the socket installs the spill fds queued on it),
+ * and a spill segment whose fd once reached another process may still be
+ * mapped writable there: either way the receiver copies out, also once the
+ * port is back in the sender's process, on both backends. */
+static void spill_seen_elsewhere(int backend)
+{
+	ferry_worker *w = spawn(backend, take_big_return_port);
+	ferry_port *p = ferry_worker_port(w);
+	ferry_port *a, *b;
+	cr_assert_eq(ferry_channel(&a, &b, NULL), 0);
+	ferry_value *ref = ferry_value_handle(FERRY_VALUE_PORT, b);
+	ferry_port *const list[1] = { b };
+	struct ferry_xfer x = { .ports = list, .nports = 1 };
+	cr_assert_eq(ferry_port_post(p, ref, &x, T10S), 0, "%s", ferry_errmsg());
+	ferry_value_free(ref);
+	ferry_port_destroy(b);
+
+	ferry_buf *src;
+	cr_assert_eq(ferry_buf_create(&src, HAND_BYTES, 0), 0);
+	ferry_value *v = ferry_value_handle(FERRY_VALUE_BUF, src);
+	hand_fill(src, 5);
+	cr_assert_eq(ferry_port_post(a, v, NULL, T10S), 0, "%s", ferry_errmsg());
+	ferry_msg *m = recv_ok(p); /* b, back from the worker */
+	ferry_port *q = ferry_msg_port(m, 0);
+	cr_assert_not_null(q);
+	cr_assert_eq(ferry_msg_keep(m, q), 0);
+	ferry_msg_free(m);
+
+	hand_fill(src, 6);
+	cr_assert_eq(ferry_port_post(a, v, NULL, T10S), 0, "%s", ferry_errmsg());
+	m = recv_ok(q);
+	ferry_buf *h = hand_buf(m);
+	cr_assert(hand_holds(h, 6), "the second clone is different");
+	cr_assert(!handed_over(h), "%s backend: the buffer was read in place",
+		  backend == FERRY_THREAD ? "thread" : "process");
+	ferry_msg_free(m);
+	finish(w);
+	ferry_value_free(v);
+	ferry_buf_free(src);
+	ferry_port_destroy(a);
+	ferry_port_destroy(q);
+}
+
+Test(msg, spill_to_a_port_back_from_a_thread_is_copied) { spill_seen_elsewhere(FERRY_THREAD); }
+Test(msg, spill_to_a_port_back_from_a_process_is_copied) { spill_seen_elsewhere(FERRY_PROCESS); }
+
+/* The worker receives big clones on its own port and answers, per message,
+ * 'h' (read in place) or 'c' (copied out), or 'x' (content wrong). */
+static int report_hand(ferry_worker_ctx *ctx)
+{
+	ferry_port *p = ferry_worker_ctx_port(ctx);
+	for (;;) {
+		ferry_msg *m;
+		if (ferry_port_recv(p, &m, T10S))
+			return 1;
+		enum ferry_value_kind k = FERRY_VALUE_UNDEFINED;
+		ferry_buf *h = ferry_value_get_handle(ferry_msg_value(m), &k);
+		if (!h) { /* the parent's null */
+			ferry_msg_free(m);
+			return 0;
+		}
+		char code = k != FERRY_VALUE_BUF || !hand_holds(h, 8) ? 'x' : handed_over(h) ? 'h' : 'c';
+		ferry_msg_free(m);
+		if (ferry_port_post_bytes(p, &code, 1, T10S))
+			return 2;
+	}
+}
+
+/* A worker thread's port never left the process: it reads big clones in
+ * place. A worker process always copies them out. */
+static void worker_big_clones(int backend)
+{
+	ferry_worker *w = spawn(backend, report_hand);
+	ferry_port *p = ferry_worker_port(w);
+	ferry_buf *src;
+	cr_assert_eq(ferry_buf_create(&src, HAND_BYTES, 0), 0);
+	hand_fill(src, 8);
+	ferry_value *v = ferry_value_handle(FERRY_VALUE_BUF, src);
+	for (int i = 0; i < 5; i++) {
+		cr_assert_eq(ferry_port_post(p, v, NULL, T10S), 0, "%s", ferry_errmsg());
+		ferry_msg *m = recv_ok(p);
+		char code = ferry_msg_len(m) == 1 ? *(const char *)ferry_msg_data(m) : '?';
+		ferry_msg_free(m);
+		cr_assert_eq(code, backend == FERRY_THREAD ? 'h' : 'c', "message %d: worker says %c", i,
+			     code);
+	}
+	finish(w);
+	ferry_value_free(v);
+	ferry_buf_free(src);
+}
+
+Test(msg, worker_thread_reads_big_clones_in_place) { worker_big_clones(FERRY_THREAD); }
+Test(msg, worker_process_copies_big_clones_out) { worker_big_clones(FERRY_PROCESS); }
+
+/* A fork copies every spill segment alive at that moment (fd and mapping)
+ * into the child: from then on they are copied out, also in the parent. */
+Test(msg, spill_alive_at_fork_is_copied_ever_after)
+{
+	ferry_port *a, *b;
+	cr_assert_eq(ferry_channel(&a, &b, NULL), 0);
+	ferry_buf *src;
+	cr_assert_eq(ferry_buf_create(&src, HAND_BYTES, 0), 0);
+	ferry_value *v = ferry_value_handle(FERRY_VALUE_BUF, src);
+	hand_fill(src, 1);
+	cr_assert_eq(ferry_port_post(a, v, NULL, T10S), 0, "%s", ferry_errmsg());
+	ferry_msg *m = recv_ok(b);
+	cr_assert(handed_over(hand_buf(m)));
+	ferry_msg_free(m);
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0)
+		_exit(0);
+	int st;
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	hand_fill(src, 2);
+	cr_assert_eq(ferry_port_post(a, v, NULL, T10S), 0, "%s", ferry_errmsg());
+	m = recv_ok(b);
+	cr_assert(hand_holds(hand_buf(m), 2));
+	cr_assert(!handed_over(hand_buf(m)), "a segment alive at the fork was read in place");
+	ferry_msg_free(m);
+	ferry_value_free(v);
+	ferry_buf_free(src);
+	ferry_port_destroy(a);
+	ferry_port_destroy(b);
+}
+
+/* A ferry_connect client's end left the listener through a socket: spills
+ * to it are copied out even when client and listener are one process; the
+ * listener's own end never left, so spills to it are read in place. */
+struct hand_client {
+	char name[64];
+	ferry_port *port;
+	int rc;
+};
+
+static void *hand_connect(void *arg)
+{
+	struct hand_client *c = arg;
+	c->rc = ferry_connect(&c->port, c->name, NULL, T10S);
+	return NULL;
+}
+
+Test(msg, spill_to_an_end_handed_out_by_a_listener_is_copied)
+{
+	struct hand_client c = { .port = NULL };
+	snprintf(c.name, sizeof c.name, "ferry-msg-hand-%d", (int)getpid());
+	ferry_listener *l;
+	cr_assert_eq(ferry_listen(&l, c.name, NULL), 0, "%s", ferry_errmsg());
+	pthread_t t;
+	cr_assert_eq(pthread_create(&t, NULL, hand_connect, &c), 0);
+	ferry_port *mine;
+	cr_assert_eq(ferry_accept(l, &mine, T10S), 0, "%s", ferry_errmsg());
+	pthread_join(t, NULL);
+	cr_assert_eq(c.rc, 0, "connect: %d", c.rc);
+
+	ferry_buf *src;
+	cr_assert_eq(ferry_buf_create(&src, HAND_BYTES, 0), 0);
+	hand_fill(src, 8);
+	ferry_value *v = ferry_value_handle(FERRY_VALUE_BUF, src);
+	for (int i = 0; i < 2; i++) {
+		cr_assert_eq(ferry_port_post(mine, v, NULL, T10S), 0, "%s", ferry_errmsg());
+		ferry_msg *m = recv_ok(c.port);
+		cr_assert(hand_holds(hand_buf(m), 8));
+		cr_assert(!handed_over(hand_buf(m)), "the client's end read a spill in place");
+		ferry_msg_free(m);
+		cr_assert_eq(ferry_port_post(c.port, v, NULL, T10S), 0, "%s", ferry_errmsg());
+		m = recv_ok(mine);
+		cr_assert(hand_holds(hand_buf(m), 8));
+		cr_assert(handed_over(hand_buf(m)), "the listener's end copied a spill out");
+		ferry_msg_free(m);
+	}
+	ferry_value_free(v);
+	ferry_buf_free(src);
+	ferry_port_destroy(c.port);
+	ferry_port_destroy(mine);
+	ferry_listener_destroy(l);
+}
