@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -429,7 +430,25 @@ FERRY_API int ferry_clone_size(const ferry_value *v, size_t *len,
 
 /* ======================================================================
  * Decode
+ *
+ * Where a graph's memory goes: when a container's head has been read (and
+ * its count checked against the bytes left), one bump allocation takes its
+ * item or entry array and, for each child, a stride: the child's node, 16
+ * bytes for the bytes of a short string, and in a map 16 for a short key.
+ * Children decode into their stride: the common item (a number, a short
+ * string or key) costs no allocation of its own and no bounds check, and a
+ * map's entries sit next to their values. Longer strings take a bump
+ * allocation each; a sharedref leaves its stride unused. A thread keeps the
+ * home chunk of the last graph it freed for its next one (value.c), and the
+ * message's lines are prefetched up front. On ferry-bench's 1 KiB object:
+ * decode + free ~0.9 -> ~0.45 us (one thread, hot), the round trip
+ * ~3.9 -> ~2.6 us.
  * ====================================================================== */
+
+#define KID_STR 32    /* offset of a child's short-string bytes in its stride */
+#define KID_KEY 48    /* offset of a map child's short key */
+#define ARR_STRIDE 48 /* node + string bytes */
+#define MAP_STRIDE 64 /* node + string bytes + key */
 
 struct dec {
 	const uint8_t *base, *p, *end;
@@ -439,6 +458,7 @@ struct dec {
 	size_t nhandles;
 	ferry_value **shares; /* by shareable index; NULL while reserved */
 	size_t nshares, capshares;
+	int err; /* what dec_kid failed with */
 	ferry_value *inl_shares[16];
 };
 
@@ -524,17 +544,60 @@ static inline int read_head(struct dec *d, uint8_t *ibp, uint64_t *arg)
 	return 0;
 }
 
-static inline ferry_value *new_node(struct dec *d, unsigned kind, size_t extra)
+/* Make @v (a node of a stride) a value of @kind held by one slot: every
+ * decoded node goes into exactly one array or map slot, except the root
+ * (ferry_clone_decode takes its count back) and shareables, which tag 29
+ * counts on. */
+static inline void node_init(ferry_value *v, struct fv_graph *g, unsigned kind)
 {
-	ferry_value *v = fv_alloc(d->g, sizeof(ferry_value) + extra);
-	if (FERRY_LIKELY(v)) {
-		v->kind = (uint8_t)kind;
-		v->typed = 0;
-		v->unused = 0;
-		v->refs = 0;
-		v->g = d->g;
+	v->kind = (uint8_t)kind;
+	v->typed = 0;
+	v->unused = 0;
+	v->refs = 1;
+	v->g = g;
+}
+
+/* The block of a container of @n (> 0) children: @head bytes of items or
+ * entries, then @n strides. value.c may realloc or free a big item or entry
+ * array when the container grows (see is_big there), so such an array gets
+ * its own allocation; a small one shares the block. 0 or -ENOMEM. */
+static inline int alloc_block(struct dec *d, size_t head, size_t n, size_t stride, void **headp,
+			      char **kids)
+{
+	size_t h16 = (head + 15) & ~(size_t)15;
+	if (FERRY_LIKELY(h16 < FV_BIG)) {
+		char *b = fv_alloc_bump(d->g, h16 + n * stride);
+		if (FERRY_UNLIKELY(!b))
+			return -ENOMEM;
+		*headp = b;
+		*kids = b + h16;
+		return 0;
 	}
-	return v;
+	*headp = fv_alloc(d->g, head);
+	*kids = *headp ? fv_alloc_bump(d->g, n * stride) : NULL;
+	return *kids ? 0 : -ENOMEM;
+}
+
+/* Copy @len bytes from @src, readable for @len + 8 bytes, to @dst, which has
+ * room for round16(@len + 1): a word at a time, the zero padding (the NUL
+ * included) written too. Whether a copied byte has its high bit set (not
+ * ASCII: the caller then checks the copy, never @src, as UTF-8). */
+static inline bool copy_words(char *dst, const uint8_t *src, size_t len)
+{
+	uint64_t acc = 0, w;
+	size_t k = 0;
+	for (; k + 8 <= len; k += 8) {
+		w = fv_ld64(src + k);
+		acc |= w;
+		fv_st64(dst + k, w);
+	}
+	w = fv_ld64(src + k) & ((UINT64_C(1) << (8 * (len - k))) - 1);
+	acc |= w;
+	fv_st64(dst + k, w);
+	k += 8;
+	if (k < ((len + 16) & ~(size_t)15))
+		fv_st64(dst + k, 0);
+	return (acc & FV_HIGH_BITS) != 0;
 }
 
 static double half_to_double(uint16_t h)
@@ -580,33 +643,26 @@ static int register_share(struct dec *d, size_t *slot)
 
 #define NO_SLOT SIZE_MAX
 
-static int dec_slow(struct dec *d, unsigned depth, ferry_value **out);
+static int dec_slow(struct dec *d, unsigned depth, ferry_value *nd, ferry_value **out);
+static int dec_array(struct dec *d, const uint8_t *at, uint64_t n, unsigned depth, size_t slot,
+		     ferry_value *a, ferry_value **out);
+static int dec_map(struct dec *d, const uint8_t *at, uint64_t n, unsigned depth, size_t slot,
+		   ferry_value *m, ferry_value **out);
 
-/* Byte or text string body of @len bytes; @at is the item's head. */
+/* Byte or text string body of @len bytes into node @v; @at is the item's
+ * head. */
 static int dec_string(struct dec *d, const uint8_t *at, unsigned kind, uint64_t len,
-		      enum ferry_typed typed, ferry_value **out)
+		      enum ferry_typed typed, ferry_value *v)
 {
 	if (FERRY_UNLIKELY(len > left(d)))
 		return bad(d, at, "truncated: %s string claims %llu bytes, %zu remain",
 			   kind == FERRY_VALUE_STR ? "text" : "byte", (unsigned long long)len,
 			   left(d));
 	const uint8_t *src = d->p;
-	/* A long string gets its own chunk; the node stays in the bump area. */
-	ferry_value *v;
-	char *p;
-	if (len + 1 + sizeof(ferry_value) < FV_BIG) {
-		v = new_node(d, kind, len + 1);
-		if (!v)
-			return oom();
-		p = (char *)(v + 1);
-	} else {
-		v = new_node(d, kind, 0);
-		p = v ? fv_alloc(d->g, len + 1) : NULL;
-		if (!p)
-			return oom();
-	}
-	v->kind = (uint8_t)kind;
-	v->typed = (uint8_t)typed;
+	/* A long string gets a chunk of its own (see fv_alloc). */
+	char *p = fv_alloc(d->g, len + 1);
+	if (!p)
+		return oom();
 	memcpy(p, src, len);
 	fv_pad(p, len);
 	if (kind == FERRY_VALUE_STR) {
@@ -616,10 +672,11 @@ static int dec_string(struct dec *d, const uint8_t *at, unsigned kind, uint64_t 
 		if (FERRY_UNLIKELY(b != len))
 			return bad(d, at, "text string is not valid UTF-8 (byte %zu of it)", b);
 	}
+	node_init(v, d->g, kind);
+	v->typed = (uint8_t)typed;
 	v->u.s.p = p;
 	v->u.s.len = len;
 	d->p = src + len;
-	*out = v;
 	return 0;
 }
 
@@ -634,8 +691,8 @@ static void swap_elems(char *p, size_t len, size_t es)
 	}
 }
 
-/* The byte string under RFC 8746 tag @tag (64..87). */
-static int dec_typed(struct dec *d, const uint8_t *at, uint64_t tag, ferry_value **out)
+/* The byte string under RFC 8746 tag @tag (64..87), into node @v. */
+static int dec_typed(struct dec *d, const uint8_t *at, uint64_t tag, ferry_value *v)
 {
 	static const struct {
 		uint8_t t;
@@ -669,15 +726,16 @@ static int dec_typed(struct dec *d, const uint8_t *at, uint64_t tag, ferry_value
 		return bad(d, sat, "typed array of %llu bytes is not a whole number of %zu-byte "
 				   "elements",
 			   (unsigned long long)len, es);
-	r = dec_string(d, sat, FERRY_VALUE_BYTES, len, t, out);
+	r = dec_string(d, sat, FERRY_VALUE_BYTES, len, t, v);
 	if (r)
 		return r;
 	if (map[i].le != 2 && map[i].le != HOST_LE)
-		swap_elems((*out)->u.s.p, len, es);
+		swap_elems(v->u.s.p, len, es);
 	return 0;
 }
 
-static int dec_handle(struct dec *d, unsigned kind, ferry_value **out)
+/* A handle reference (the tag is read) into node @v. */
+static int dec_handle(struct dec *d, unsigned kind, ferry_value *v)
 {
 	const uint8_t *iat = d->p;
 	uint8_t ib;
@@ -698,28 +756,49 @@ static int dec_handle(struct dec *d, unsigned kind, ferry_value **out)
 	if (!h->handle)
 		return bad(d, iat, "handle %llu is NULL in the handle table",
 			   (unsigned long long)idx);
-	ferry_value *v = new_node(d, kind, 0);
-	if (!v)
-		return oom();
-	v->kind = (uint8_t)kind;
+	node_init(v, d->g, kind);
 	v->u.h = h->handle;
-	*out = v;
 	return 0;
 }
 
-/* One item, the common small kinds decoded inline (the cursor in a
- * register, no call); anything else, and every error, goes to dec_slow,
- * which decodes it or says precisely what is wrong. */
-static inline __attribute__((always_inline)) int dec_item(struct dec *d, unsigned depth,
-							  ferry_value **out)
+/* Keep @a and @b (the words of a short key or string, already in
+ * registers for the checks) where they are: otherwise GCC loads and masks
+ * the 16 bytes a second time in a vector register just to store them. */
+#define FV_IN_REGS(a, b) __asm__("" : "+r"(a), "+r"(b))
+
+/* The header of a decoded node: @kind, no typed view, one slot holds it
+ * (see node_init), in one store. */
+_Static_assert(offsetof(ferry_value, typed) == 1 && offsetof(ferry_value, unused) == 2 &&
+		       offsetof(ferry_value, refs) == 4,
+	       "node_init_fast writes the header as one word");
+
+static inline void node_init_fast(ferry_value *v, struct fv_graph *g, unsigned kind)
 {
-	const uint8_t *p = d->p;
+#if HOST_LE
+	uint64_t h = (uint64_t)kind | (uint64_t)1 << 32; /* kind, typed, unused, refs */
+	memcpy(v, &h, sizeof h);
+	v->g = g;
+#else
+	node_init(v, g, kind);
+#endif
+}
+
+/* One item at *@pp into @nd, a node with 16 bytes of string room after it
+ * (a stride); *@out is @nd, or for a sharedref the node it refers to (its
+ * count taken); *@pp moves past the item. The common small kinds are decoded
+ * inline (the cursor in a register, no call); anything else, and every
+ * error, goes to dec_slow, which decodes it or says precisely what is wrong. */
+static inline __attribute__((always_inline)) ferry_value *dec_kid(struct dec *d,
+								 const uint8_t **pp,
+								 unsigned depth,
+								 ferry_value *nd)
+{
+	const uint8_t *p = *pp;
 	size_t room = (size_t)(d->end - p);
 	if (FERRY_UNLIKELY(!room))
-		return dec_slow(d, depth, out);
+		goto slow;
 	uint8_t ib = *p;
 	unsigned ai = ib & 31;
-	ferry_value *v;
 	switch (ib >> 5) {
 	case MAJ_UINT:
 	case MAJ_NINT: {
@@ -741,96 +820,114 @@ static inline __attribute__((always_inline)) int dec_item(struct dec *d, unsigne
 		} else {
 			break;
 		}
-		v = new_node(d, FERRY_VALUE_INT, 0);
-		if (FERRY_UNLIKELY(!v))
-			return oom();
-		v->u.i = (ib >> 5) == MAJ_UINT ? (int64_t)u : -1 - (int64_t)u;
-		d->p = p;
-		*out = v;
-		return 0;
+		node_init_fast(nd, d->g, FERRY_VALUE_INT);
+		/* major 1 holds -1 - n: the complement */
+		nd->u.i = (int64_t)(u ^ (0 - (uint64_t)(ib >> 5)));
+		*pp = p;
+		return nd;
 	}
+	case MAJ_BYTES:
 	case MAJ_TEXT: {
+		bool text = (ib >> 5) == MAJ_TEXT;
+		char *s = (char *)nd + KID_STR;
 		size_t len, hn;
 		if (ai <= 15 && room >= 17) {
-			/* Short ASCII: two words in, masked, checked and stored
-			 * out whole (the zero padding is the NUL). */
+			/* Short: two words in, masked and stored out whole (the
+			 * zero padding is the NUL); not ASCII: the copy is
+			 * checked as UTF-8. */
 			uint64_t a = fv_ld64(p + 1) & ferry__fv_mask16[ai][0];
 			uint64_t b = fv_ld64(p + 9) & ferry__fv_mask16[ai][1];
-			if (FERRY_LIKELY(!((a | b) & FV_HIGH_BITS))) {
-				v = new_node(d, FERRY_VALUE_STR, 16);
-				if (FERRY_UNLIKELY(!v))
-					return oom();
-				char *s = (char *)(v + 1);
-				fv_st64(s, a);
-				fv_st64(s + 8, b);
-				v->u.s.p = s;
-				v->u.s.len = ai;
-				d->p = p + 1 + ai;
-				*out = v;
-				return 0;
-			}
-		}
-		if (ai < 24) {
+			FV_IN_REGS(a, b);
+			fv_st64(s, a);
+			fv_st64(s + 8, b);
+			if (FERRY_UNLIKELY(text && ((a | b) & FV_HIGH_BITS)) &&
+			    ferry__utf8_check((const uint8_t *)s, ai) != ai)
+				break;
 			len = ai;
 			hn = 1;
-		} else if (ai == 24 && room >= 2) {
-			len = p[1];
-			hn = 2;
 		} else {
-			break;
+			if (ai < 24) {
+				len = ai;
+				hn = 1;
+			} else if (ai == 24 && room >= 2) {
+				len = p[1];
+				hn = 2;
+			} else {
+				break;
+			}
+			/* The word copy reads up to 8 bytes past the string. */
+			if (FERRY_UNLIKELY(len + 8 > room - hn))
+				break;
+			if (len > 15) {
+				s = fv_alloc(d->g, len + 1);
+				if (FERRY_UNLIKELY(!s)) {
+					d->err = oom();
+					return NULL;
+				}
+			}
+			if (copy_words(s, p + hn, len) && text &&
+			    ferry__utf8_check((const uint8_t *)s, len) != len)
+				break;
 		}
-		if (FERRY_UNLIKELY(len > room - hn))
-			break;
-		v = new_node(d, FERRY_VALUE_STR, len + 1);
-		if (FERRY_UNLIKELY(!v))
-			return oom();
-		char *s = (char *)(v + 1);
-		memcpy(s, p + hn, len);
-		fv_pad(s, len);
-		/* Validate the private copy (the source may be shared memory a
-		 * peer rewrites); dec_slow says what is wrong. */
-		if (FERRY_UNLIKELY(!fv_utf8_ok((const uint8_t *)s, len)))
-			break;
-		v->u.s.p = s;
-		v->u.s.len = len;
-		d->p = p + hn + len;
-		*out = v;
-		return 0;
+		node_init_fast(nd, d->g, text ? FERRY_VALUE_STR : FERRY_VALUE_BYTES);
+		nd->u.s.p = s;
+		nd->u.s.len = len;
+		*pp = p + hn + len;
+		return nd;
 	}
+	case MAJ_ARRAY:
+	case MAJ_MAP:
+		/* Straight to the container (not through dec_slow and dec_body). */
+		if (ai < 24) {
+			ferry_value *v;
+			d->p = p + 1;
+			int r = (ib >> 5) == MAJ_ARRAY ? dec_array(d, p, ai, depth, NO_SLOT, nd, &v)
+						       : dec_map(d, p, ai, depth, NO_SLOT, nd, &v);
+			*pp = d->p;
+			if (FERRY_UNLIKELY(r)) {
+				d->err = r;
+				return NULL;
+			}
+			return v;
+		}
+		break;
 	case MAJ_SIMPLE:
 		if (ai >= 20 && ai <= 23) {
-			static const uint8_t kinds[4] = {FERRY_VALUE_BOOL, FERRY_VALUE_BOOL,
-							 FERRY_VALUE_NULL, FERRY_VALUE_UNDEFINED};
-			v = new_node(d, kinds[ai - 20], 0);
-			if (FERRY_UNLIKELY(!v))
-				return oom();
-			v->u.i = 0;
-			v->u.b = ai == 21;
-			d->p = p + 1;
-			*out = v;
-			return 0;
+			/* false true null undefined, in a nibble each */
+			node_init_fast(nd, d->g, (0x1022u >> (4 * (ai - 20))) & 15);
+			nd->u.i = 0;
+			nd->u.b = ai == 21;
+			*pp = p + 1;
+			return nd;
 		}
 		if (ai == 27 && room >= 9) {
-			v = new_node(d, FERRY_VALUE_DOUBLE, 0);
-			if (FERRY_UNLIKELY(!v))
-				return oom();
+			node_init_fast(nd, d->g, FERRY_VALUE_DOUBLE);
 			uint64_t x;
 			memcpy(&x, p + 1, 8);
 			x = __builtin_bswap64(x);
-			memcpy(&v->u.d, &x, 8);
-			d->p = p + 9;
-			*out = v;
-			return 0;
+			memcpy(&nd->u.d, &x, 8);
+			*pp = p + 9;
+			return nd;
 		}
 		break;
 	default:
 		break;
 	}
-	return dec_slow(d, depth, out);
+slow:
+	d->p = *pp;
+	ferry_value *v;
+	int r = dec_slow(d, depth, nd, &v);
+	*pp = d->p;
+	if (FERRY_UNLIKELY(r)) {
+		d->err = r;
+		return NULL;
+	}
+	return v;
 }
 
-static int dec_array(struct dec *d, const uint8_t *at, uint64_t n, unsigned depth, size_t slot,
-		     ferry_value **out)
+static int __attribute__((noinline))
+dec_array(struct dec *d, const uint8_t *at, uint64_t n, unsigned depth, size_t slot, ferry_value *a,
+	  ferry_value **out)
 {
 	if (FERRY_UNLIKELY(depth > d->max_depth))
 		return bad(d, at, "arrays and maps nest deeper than %u", d->max_depth);
@@ -840,24 +937,26 @@ static int dec_array(struct dec *d, const uint8_t *at, uint64_t n, unsigned dept
 			   (unsigned long long)n, left(d));
 	if (FERRY_UNLIKELY(n > UINT32_MAX))
 		return bad(d, at, "array of %llu items is too long", (unsigned long long)n);
-	ferry_value *a = new_node(d, FERRY_VALUE_ARRAY, 0);
-	ferry_value **items = n ? fv_alloc(d->g, n * sizeof *items) : NULL;
-	if (!a || (n && !items))
+	node_init(a, d->g, FERRY_VALUE_ARRAY);
+	ferry_value **items = NULL;
+	char *kids = NULL;
+	if (n && alloc_block(d, n * sizeof *items, n, ARR_STRIDE, (void **)&items, &kids))
 		return oom();
 	a->u.a.items = items;
 	a->u.a.len = 0;
 	a->u.a.cap = (uint32_t)n;
 	if (slot != NO_SLOT)
 		d->shares[slot] = a; /* before the items: they may refer to it */
+	const uint8_t *p = d->p;
 	for (uint32_t i = 0; i < (uint32_t)n; i++) {
-		ferry_value *v;
-		int r = dec_item(d, depth + 1, &v);
-		if (FERRY_UNLIKELY(r))
-			return r;
-		fv_ref(v);
+		ferry_value *v = dec_kid(d, &p, depth + 1,
+					 (ferry_value *)(kids + (size_t)i * ARR_STRIDE));
+		if (FERRY_UNLIKELY(!v))
+			return d->err;
 		items[i] = v;
-		a->u.a.len = i + 1;
 	}
+	d->p = p;
+	a->u.a.len = (uint32_t)n;
 	*out = a;
 	return 0;
 }
@@ -882,14 +981,63 @@ static int __attribute__((noinline, cold)) bad_key(struct dec *d)
 	return bad(d, kat, "map key is not valid UTF-8 (byte %zu of it)", b);
 }
 
+/* A map key the inline path does not take (long, not ASCII, a longer head,
+ * near the end) at d->p: into @slot (16 bytes) if it has at most 15 bytes,
+ * else a bump allocation; *@k and *@klen say where and how long. */
+struct key {
+	char *k;     /* NULL on error (in d->err) */
+	size_t klen;
+};
+
+static struct key __attribute__((noinline)) dec_key(struct dec *d, char *slot)
+{
+	struct key out = {NULL, 0};
+	const uint8_t *p = d->p;
+	uint8_t ib;
+	uint64_t kl;
+	if (read_head(d, &ib, &kl) || (ib >> 5) != MAJ_TEXT || (ib & 31) == 31 || kl > left(d)) {
+		d->p = p;
+		d->err = bad_key(d);
+		return out;
+	}
+	const char *key = (const char *)d->p;
+	char *dst = kl <= 15 ? slot : fv_alloc(d->g, kl + 1);
+	if (FERRY_UNLIKELY(!dst)) {
+		d->err = oom();
+		return out;
+	}
+	memcpy(dst, key, kl);
+	fv_pad(dst, kl);
+	/* Checked in the private copy, as in dec_string. */
+	if (!fv_utf8_ok((const uint8_t *)dst, kl)) {
+		size_t bb = ferry__utf8_check((const uint8_t *)dst, kl);
+		d->err = bad(d, p, "map key is not valid UTF-8 (byte %zu of it)", bb);
+		return out;
+	}
+	d->p = (const uint8_t *)key + kl;
+	out.k = dst;
+	out.klen = kl;
+	return out;
+}
+
 static int __attribute__((noinline, cold))
 dup_key(struct dec *d, const uint8_t *at, const char *k, size_t klen)
 {
 	return bad(d, at, "map has the key \"%.*s\" twice", klen > 40 ? 40 : (int)klen, k);
 }
 
-static int dec_map(struct dec *d, const uint8_t *at, uint64_t n, unsigned depth, size_t slot,
-		   ferry_value **out)
+/* Whether keys @x and @y, both @klen bytes, are equal. Keys of up to 15
+ * bytes are zero padded to 16 (see value_internal.h): two word compares. */
+static inline bool same_key(const char *x, const char *y, size_t klen)
+{
+	if (klen <= 15)
+		return fv_ld64(x) == fv_ld64(y) && fv_ld64(x + 8) == fv_ld64(y + 8);
+	return memcmp(x, y, klen) == 0;
+}
+
+static int __attribute__((noinline))
+dec_map(struct dec *d, const uint8_t *at, uint64_t n, unsigned depth, size_t slot, ferry_value *m,
+	ferry_value **out)
 {
 	if (FERRY_UNLIKELY(depth > d->max_depth))
 		return bad(d, at, "arrays and maps nest deeper than %u", d->max_depth);
@@ -900,111 +1048,145 @@ static int dec_map(struct dec *d, const uint8_t *at, uint64_t n, unsigned depth,
 	if (FERRY_UNLIKELY(n > UINT32_MAX))
 		return bad(d, at, "map of %llu entries is too long", (unsigned long long)n);
 	uint32_t cap = (uint32_t)n;
-	ferry_value *m = new_node(d, FERRY_VALUE_MAP, 0);
-	struct fv_entry *e = n ? fv_alloc(d->g, fv_map_block(cap)) : NULL;
-	if (!m || (n && !e))
+	node_init(m, d->g, FERRY_VALUE_MAP);
+	struct fv_entry *e = NULL;
+	char *kids = NULL;
+	if (n && alloc_block(d, fv_map_block(cap), n, MAP_STRIDE, (void **)&e, &kids))
 		return oom();
 	m->u.m.e = e;
 	m->u.m.len = 0;
 	m->u.m.cap = cap;
 	uint32_t *idx = fv_map_idx(m), mask = fv_map_mask(m);
-	if (idx)
-		memset(idx, 0, (size_t)mask * sizeof *idx + sizeof *idx);
 	if (slot != NO_SLOT)
 		d->shares[slot] = m;
-	uint64_t seed = idx ? fv_seed() : 0;
-	for (uint32_t i = 0; i < cap; i++) {
-		const uint8_t *p = d->p;
-		size_t room = (size_t)(d->end - p), klen = 16, hn = 1;
-		char *k = NULL;
-		uint32_t hash = 0;
-		if (FERRY_LIKELY(room >= 17))
-			klen = (size_t)*p - 0x60; /* a short text head: 0x60..0x6f */
-		if (FERRY_LIKELY(klen <= 15)) {
-			/* The key as two words: masked, checked, hashed and
-			 * stored whole (the zero padding is the NUL). */
-			uint64_t a = fv_ld64(p + 1) & ferry__fv_mask16[klen][0];
-			uint64_t b = fv_ld64(p + 9) & ferry__fv_mask16[klen][1];
-			if (FERRY_LIKELY(!((a | b) & FV_HIGH_BITS))) {
-				k = fv_alloc(d->g, 16);
-				if (FERRY_UNLIKELY(!k))
-					return oom();
+	const uint8_t *p = d->p;
+	if (idx) {
+		/* Big: hashed keys; the index, built as the keys come, finds
+		 * duplicates. */
+		memset(idx, 0, (size_t)mask * sizeof *idx + sizeof *idx);
+		uint64_t seed = fv_seed();
+		for (uint32_t i = 0; i < cap; i++) {
+			char *kid = kids + (size_t)i * MAP_STRIDE;
+			const uint8_t *kat = p;
+			/* a short text head (0x60..0x6f), 16 bytes readable after it */
+			size_t klen = (size_t)(d->end - p) >= 17 ? (size_t)*p - 0x60 : 16;
+			char *k;
+			uint32_t hash;
+			uint64_t a, b;
+			if (FERRY_LIKELY(klen <= 15) &&
+			    (a = fv_ld64(p + 1) & ferry__fv_mask16[klen][0],
+			     b = fv_ld64(p + 9) & ferry__fv_mask16[klen][1],
+			     FERRY_LIKELY(!((a | b) & FV_HIGH_BITS)))) {
+				/* The key as two words: masked, checked, hashed and
+				 * stored whole (the zero padding is the NUL). */
+				k = kid + KID_KEY;
+				FV_IN_REGS(a, b);
 				fv_st64(k, a);
 				fv_st64(k + 8, b);
-				if (idx)
-					hash = fv_hash16(a, b, klen, seed);
-			}
-		}
-		if (!k) { /* long, not ASCII, not a short head, or near the end */
-			uint8_t ib;
-			uint64_t kl;
-			if (read_head(d, &ib, &kl) || (ib >> 5) != MAJ_TEXT || (ib & 31) == 31 ||
-			    kl > left(d)) {
+				hash = fv_hash16(a, b, klen, seed);
+				p += 1 + klen;
+			} else {
 				d->p = p;
-				return bad_key(d);
-			}
-			const char *key = (const char *)d->p;
-			klen = kl;
-			hn = (size_t)(d->p - p);
-			k = fv_alloc(d->g, klen + 1);
-			if (FERRY_UNLIKELY(!k))
-				return oom();
-			memcpy(k, key, klen);
-			fv_pad(k, klen);
-			/* Checked in the private copy, as in dec_string. */
-			if (!fv_utf8_ok((const uint8_t *)k, klen)) {
-				size_t b = ferry__utf8_check((const uint8_t *)k, klen);
-				return bad(d, p, "map key is not valid UTF-8 (byte %zu of it)", b);
-			}
-			if (idx)
+				struct key sk = dec_key(d, kid + KID_KEY);
+				if (!sk.k)
+					return d->err;
+				k = sk.k;
+				klen = sk.klen;
+				p = d->p;
 				hash = fv_hash(k, klen);
-		}
-		/* Duplicate check; for an indexed map, find the free slot
-		 * now: decoding the value cannot add entries to this map. */
-		uint32_t free_slot = 0;
-		if (idx) {
-			for (uint32_t s = hash & mask;; s = (s + 1) & mask) {
-				uint32_t x = idx[s];
-				if (!x) {
-					free_slot = s;
-					break;
-				}
+			}
+			/* Duplicate check, then the entry and its index slot
+			 * take the key before the value is decoded (fewer
+			 * values to keep across it): the value cannot reach
+			 * this map's entries, and m->u.m.len stays 0 until the
+			 * map is whole. */
+			uint32_t s = hash & mask, x;
+			while ((x = idx[s]) != 0) {
 				const struct fv_entry *c = &e[x - 1];
 				if (FERRY_UNLIKELY(c->hash == hash && c->klen == klen &&
-						   memcmp(c->key, k, klen) == 0))
-					return dup_key(d, p, k, klen);
+						   same_key(c->key, k, klen)))
+					return dup_key(d, kat, k, klen);
+				s = (s + 1) & mask;
 			}
-		} else {
-			for (uint32_t j = 0; j < i; j++)
-				if (FERRY_UNLIKELY(e[j].klen == klen && memcmp(e[j].key, k, klen) == 0))
-					return dup_key(d, p, k, klen);
+			struct fv_entry *en = &e[i];
+			en->key = k;
+			en->klen = (uint32_t)klen;
+			en->hash = hash;
+			idx[s] = i + 1;
+			ferry_value *v = dec_kid(d, &p, depth + 1, (ferry_value *)kid);
+			if (FERRY_UNLIKELY(!v))
+				return d->err;
+			en->v = v;
 		}
-		d->p = p + hn + klen;
-		ferry_value *v;
-		int r = dec_item(d, depth + 1, &v);
-		if (FERRY_UNLIKELY(r))
-			return r;
-		struct fv_entry *en = &e[i];
-		en->key = k;
-		en->klen = (uint32_t)klen;
-		en->hash = hash;
-		en->v = v;
-		fv_ref(v);
-		if (idx)
-			idx[free_slot] = i + 1;
-		m->u.m.len = i + 1;
+	} else {
+		/* Small: the keys so far, for the duplicate check, a key of up
+		 * to 15 bytes as its two padded words with its length in the
+		 * top byte of the second (always zero there), a longer one as
+		 * ~0 (never equal). */
+		uint64_t ka[FV_MAP_LINEAR], kb[FV_MAP_LINEAR];
+		for (uint32_t i = 0; i < cap; i++) {
+			char *kid = kids + (size_t)i * MAP_STRIDE;
+			const uint8_t *kat = p;
+			size_t klen = (size_t)(d->end - p) >= 17 ? (size_t)*p - 0x60 : 16;
+			char *k;
+			uint64_t a, b;
+			if (FERRY_LIKELY(klen <= 15) &&
+			    (a = fv_ld64(p + 1) & ferry__fv_mask16[klen][0],
+			     b = fv_ld64(p + 9) & ferry__fv_mask16[klen][1],
+			     FERRY_LIKELY(!((a | b) & FV_HIGH_BITS)))) {
+				k = kid + KID_KEY;
+				FV_IN_REGS(a, b);
+				fv_st64(k, a);
+				fv_st64(k + 8, b);
+				p += 1 + klen;
+			} else {
+				d->p = p;
+				struct key sk = dec_key(d, kid + KID_KEY);
+				if (!sk.k)
+					return d->err;
+				k = sk.k;
+				klen = sk.klen;
+				p = d->p;
+				a = klen <= 15 ? fv_ld64(k) : 0;
+				b = klen <= 15 ? fv_ld64(k + 8) : 0;
+			}
+			if (klen <= 15) {
+				uint64_t bk = b | (uint64_t)klen << 56;
+				for (uint32_t j = 0; j < i; j++)
+					if (FERRY_UNLIKELY(ka[j] == a && kb[j] == bk))
+						return dup_key(d, kat, k, klen);
+				ka[i] = a;
+				kb[i] = bk;
+			} else {
+				for (uint32_t j = 0; j < i; j++)
+					if (FERRY_UNLIKELY(e[j].klen == klen &&
+							   memcmp(e[j].key, k, klen) == 0))
+						return dup_key(d, kat, k, klen);
+				ka[i] = 0;
+				kb[i] = ~(uint64_t)0;
+			}
+			struct fv_entry *en = &e[i];
+			en->key = k;
+			en->klen = (uint32_t)klen;
+			en->hash = 0;
+			ferry_value *v = dec_kid(d, &p, depth + 1, (ferry_value *)kid);
+			if (FERRY_UNLIKELY(!v))
+				return d->err;
+			en->v = v;
+		}
 	}
+	d->p = p;
+	m->u.m.len = cap;
 	*out = m;
 	return 0;
 }
 
-/* The item whose head (@ib, @arg) was read at @at; @slot is the shareable
- * slot to fill when the item sits under tag 28. */
+/* The item whose head (@ib, @arg) was read at @at, into node @nd; @slot is
+ * the shareable slot to fill when the item sits under tag 28. */
 static int dec_body(struct dec *d, const uint8_t *at, uint8_t ib, uint64_t arg, unsigned depth,
-		    size_t slot, ferry_value **out)
+		    size_t slot, ferry_value *nd, ferry_value **out)
 {
 	unsigned major = ib >> 5, ai = ib & 31;
-	ferry_value *v;
 	int r;
 	if (FERRY_UNLIKELY(ai == 31 && major != MAJ_SIMPLE)) {
 		if (major >= MAJ_BYTES && major <= MAJ_MAP)
@@ -1022,23 +1204,20 @@ static int dec_body(struct dec *d, const uint8_t *at, uint8_t ib, uint64_t arg, 
 		if (FERRY_UNLIKELY(arg > INT64_MAX))
 			return bad(d, at, "integer %s%llu does not fit in int64",
 				   major == MAJ_NINT ? "-1-" : "", (unsigned long long)arg);
-		v = new_node(d, FERRY_VALUE_INT, 0);
-		if (!v)
-			return oom();
-		v->kind = FERRY_VALUE_INT;
-		v->u.i = major == MAJ_UINT ? (int64_t)arg : -1 - (int64_t)arg;
+		node_init(nd, d->g, FERRY_VALUE_INT);
+		nd->u.i = major == MAJ_UINT ? (int64_t)arg : -1 - (int64_t)arg;
 		break;
 	case MAJ_BYTES:
 	case MAJ_TEXT:
 		r = dec_string(d, at, major == MAJ_TEXT ? FERRY_VALUE_STR : FERRY_VALUE_BYTES, arg,
-			       FERRY_TYPED_NONE, &v);
+			       FERRY_TYPED_NONE, nd);
 		if (r)
 			return r;
 		break;
 	case MAJ_ARRAY:
-		return dec_array(d, at, arg, depth, slot, out);
+		return dec_array(d, at, arg, depth, slot, nd, out);
 	case MAJ_MAP:
-		return dec_map(d, at, arg, depth, slot, out);
+		return dec_map(d, at, arg, depth, slot, nd, out);
 	case MAJ_TAG:
 		if (arg == TAG_SHAREABLE) {
 			if (slot != NO_SLOT)
@@ -1051,7 +1230,7 @@ static int dec_body(struct dec *d, const uint8_t *at, uint8_t ib, uint64_t arg, 
 				return r;
 			if ((ib >> 5) == MAJ_TAG && arg == TAG_SHAREDREF)
 				return bad(d, iat, "tag 29 (sharedref) directly inside tag 28");
-			return dec_body(d, iat, ib, arg, depth, s, out);
+			return dec_body(d, iat, ib, arg, depth, s, nd, out);
 		}
 		if (arg == TAG_SHAREDREF) {
 			const uint8_t *iat = d->p;
@@ -1067,17 +1246,19 @@ static int dec_body(struct dec *d, const uint8_t *at, uint8_t ib, uint64_t arg, 
 				return bad(d, at, "sharedref %llu refers to a value still being "
 						  "decoded",
 					   (unsigned long long)arg);
+			/* One more slot holds it; @nd stays unused. */
+			fv_ref(d->shares[arg]);
 			*out = d->shares[arg];
 			return 0;
 		}
 		if (arg >= 64 && arg <= 87) {
-			r = dec_typed(d, at, arg, &v);
+			r = dec_typed(d, at, arg, nd);
 		} else if (arg == FERRY_CLONE_TAG_BUF) {
-			r = dec_handle(d, FERRY_VALUE_BUF, &v);
+			r = dec_handle(d, FERRY_VALUE_BUF, nd);
 		} else if (arg == FERRY_CLONE_TAG_SHARED) {
-			r = dec_handle(d, FERRY_VALUE_SHARED, &v);
+			r = dec_handle(d, FERRY_VALUE_SHARED, nd);
 		} else if (arg == FERRY_CLONE_TAG_PORT) {
-			r = dec_handle(d, FERRY_VALUE_PORT, &v);
+			r = dec_handle(d, FERRY_VALUE_PORT, nd);
 		} else {
 			return bad(d, at, "unknown tag %llu", (unsigned long long)arg);
 		}
@@ -1085,36 +1266,35 @@ static int dec_body(struct dec *d, const uint8_t *at, uint8_t ib, uint64_t arg, 
 			return r;
 		break;
 	default: /* MAJ_SIMPLE */
-		v = new_node(d, FERRY_VALUE_NULL, 0);
-		if (!v)
-			return oom();
+		node_init(nd, d->g, FERRY_VALUE_NULL);
+		nd->u.i = 0;
 		switch (ai) {
 		case 20:
 		case 21:
-			v->kind = FERRY_VALUE_BOOL;
-			v->u.b = ai == 21;
+			nd->kind = FERRY_VALUE_BOOL;
+			nd->u.b = ai == 21;
 			break;
 		case 22:
-			v->kind = FERRY_VALUE_NULL;
+			nd->kind = FERRY_VALUE_NULL;
 			break;
 		case 23:
-			v->kind = FERRY_VALUE_UNDEFINED;
+			nd->kind = FERRY_VALUE_UNDEFINED;
 			break;
 		case 25:
-			v->kind = FERRY_VALUE_DOUBLE;
-			v->u.d = half_to_double((uint16_t)arg);
+			nd->kind = FERRY_VALUE_DOUBLE;
+			nd->u.d = half_to_double((uint16_t)arg);
 			break;
 		case 26: {
 			uint32_t b32 = (uint32_t)arg;
 			float f;
 			memcpy(&f, &b32, 4);
-			v->kind = FERRY_VALUE_DOUBLE;
-			v->u.d = (double)f;
+			nd->kind = FERRY_VALUE_DOUBLE;
+			nd->u.d = (double)f;
 			break;
 		}
 		case 27:
-			v->kind = FERRY_VALUE_DOUBLE;
-			memcpy(&v->u.d, &arg, 8);
+			nd->kind = FERRY_VALUE_DOUBLE;
+			memcpy(&nd->u.d, &arg, 8);
 			break;
 		case 31:
 			return bad(d, at, "break code outside an indefinite-length item");
@@ -1127,12 +1307,13 @@ static int dec_body(struct dec *d, const uint8_t *at, uint8_t ib, uint64_t arg, 
 		break;
 	}
 	if (slot != NO_SLOT)
-		d->shares[slot] = v;
-	*out = v;
+		d->shares[slot] = nd;
+	*out = nd;
 	return 0;
 }
 
-static int __attribute__((noinline)) dec_slow(struct dec *d, unsigned depth, ferry_value **out)
+static int __attribute__((noinline)) dec_slow(struct dec *d, unsigned depth, ferry_value *nd,
+					      ferry_value **out)
 {
 	const uint8_t *at = d->p;
 	uint8_t ib;
@@ -1140,7 +1321,7 @@ static int __attribute__((noinline)) dec_slow(struct dec *d, unsigned depth, fer
 	int r = read_head(d, &ib, &arg);
 	if (r)
 		return r;
-	return dec_body(d, at, ib, arg, depth, NO_SLOT, out);
+	return dec_body(d, at, ib, arg, depth, NO_SLOT, nd, out);
 }
 
 FERRY_API int ferry_clone_decode(const void *buf, size_t len,
@@ -1152,6 +1333,14 @@ FERRY_API int ferry_clone_decode(const void *buf, size_t len,
 	*out = NULL;
 	if (!buf && len)
 		return ferry__fail(-EINVAL, "%s: NULL buffer of %zu bytes", who, len);
+	/* The message was usually just written by another core: ask for its
+	 * lines (the first 4 KiB; the hardware streams the rest) all at once
+	 * rather than one miss at a time as the decoder reaches them; first
+	 * thing, so that the setup below overlaps the fetches. Worth about
+	 * 1 us of the 1 KiB object's round trip (3.9 -> 2.9 us). */
+	for (uintptr_t a = (uintptr_t)buf & ~(uintptr_t)63, e = (uintptr_t)buf + (len < 4096 ? len : 4096);
+	     a < e; a += 64)
+		__builtin_prefetch((const void *)a);
 	struct dec d; /* not = {0}: inl_shares needs no zeroing */
 	d.base = d.p = buf;
 	d.end = (const uint8_t *)buf + len;
@@ -1171,9 +1360,9 @@ FERRY_API int ferry_clone_decode(const void *buf, size_t len,
 	if (!len)
 		return ferry__fail(-EBADMSG, "%s: empty message", who);
 	/* First chunk: about what a message of small fields needs (a 1-byte
-	 * item costs a 32-byte node and maybe an 8-byte slot), so that one
-	 * malloc usually does; capped below malloc's mmap threshold, later
-	 * chunks grow. */
+	 * item costs its stride and its slot, see above), so that one malloc
+	 * usually does; capped below malloc's mmap threshold, later chunks
+	 * grow. */
 	size_t first = len * 16 + 256;
 	if (first > FV_CHUNK_MAX)
 		first = FV_CHUNK_MAX;
@@ -1182,8 +1371,13 @@ FERRY_API int ferry_clone_decode(const void *buf, size_t len,
 		return oom();
 	d.shares = d.inl_shares;
 	d.capshares = sizeof d.inl_shares / sizeof d.inl_shares[0];
-	ferry_value *root = NULL;
-	r = dec_item(&d, 1, &root);
+	ferry_value *root = NULL, *rn = fv_alloc(d.g, ARR_STRIDE);
+	const uint8_t *p = d.p;
+	if (!rn)
+		r = oom();
+	else if (!(root = dec_kid(&d, &p, 1, rn)))
+		r = d.err;
+	d.p = p;
 	if (!r && d.p != d.end)
 		r = bad(&d, d.p, "%zu trailing bytes after the value", left(&d));
 	if (d.shares != d.inl_shares)
@@ -1192,6 +1386,9 @@ FERRY_API int ferry_clone_decode(const void *buf, size_t len,
 		ferry__fv_graph_free(d.g);
 		return r;
 	}
+	/* No slot holds the root (see node_init). */
+	if (root->refs != UINT32_MAX)
+		root->refs--;
 	*out = root;
 	return 0;
 }

@@ -38,6 +38,7 @@ struct fv_graph {
 	struct fv_chunk ring;  /* sentinel of the chunk ring (roots only) */
 	char *cur, *end;       /* bump region in the current chunk */
 	size_t bytes;          /* total allocated: picks the next chunk size and the union winner */
+	size_t home;           /* bytes of the home chunk (it may be kept for the next graph) */
 };
 
 /*
@@ -135,6 +136,20 @@ static inline void *fv_alloc(struct fv_graph *g, size_t size)
 	size = (size + 15) & ~(size_t)15;
 	/* Big blocks always get a chunk of their own (see value.c: is_big). */
 	if (FERRY_LIKELY(size < FV_BIG && size <= (size_t)(g->end - g->cur))) {
+		void *p = g->cur;
+		g->cur += size;
+		return p;
+	}
+	return ferry__fv_alloc_slow(g, size);
+}
+
+/* fv_alloc for memory that value.c never grows or releases (no container's
+ * item or entry array of a big size: see is_big in value.c): bumped out of
+ * the current chunk whenever it fits, however big. */
+static inline void *fv_alloc_bump(struct fv_graph *g, size_t size)
+{
+	size = (size + 15) & ~(size_t)15;
+	if (FERRY_LIKELY(size <= (size_t)(g->end - g->cur))) {
 		void *p = g->cur;
 		g->cur += size;
 		return p;

@@ -55,16 +55,18 @@
  *   Decoding is strict and bounded: at most FERRY_CLONE_MAX_DEPTH arrays and
  *   maps nested in one another; every count and length is checked against
  *   the bytes left before anything is allocated, so memory is linear in the
- *   message size (at worst ~40 bytes of graph per byte: a 1-byte item is a
- *   32-byte value plus its 8-byte slot); strings and keys must be valid UTF-8
- *   (no overlongs, surrogates or code points past U+10FFFF); tag 28 may wrap
- *   any value but a tag 28 or 29, tag 29 and the handle tags an unsigned
- *   index (of a shareable already seen; within the handle table and of the
- *   tag's kind), an RFC 8746 tag a byte string of whole elements (big-endian
- *   ones are swapped to host order; float16/float128 views are refused), and
- *   map keys no tag at all. Duplicate map keys, unknown tags, indefinite
- *   lengths (ferry never writes them), integers outside int64, simple values
- *   other than false/true/null/undefined and trailing bytes are rejected too:
+ *   message size (at worst ~64 bytes of graph per byte: a 1-byte item is a
+ *   32-byte value, 16 bytes kept next to it for a short string's bytes and
+ *   its 8-byte slot, rounded to 16 in a one-item array); strings and keys
+ *   must be valid UTF-8 (no overlongs, surrogates or code points past
+ *   U+10FFFF); tag 28 may wrap any value but a tag 28 or 29, tag 29 and
+ *   the handle tags an unsigned index (of a shareable already seen; within
+ *   the handle table and of the tag's kind), an RFC 8746 tag a byte string
+ *   of whole elements (big-endian ones are swapped to host order;
+ *   float16/float128 views are refused), and map keys no tag at all.
+ *   Duplicate map keys, unknown tags, indefinite lengths (ferry never writes
+ *   them), integers outside int64, simple values other than
+ *   false/true/null/undefined and trailing bytes are rejected too:
  *   -EBADMSG, with the byte offset and the reason in ferry_errmsg(), e.g.
  *   "ferry_clone_decode: text string is not valid UTF-8 (byte 3 of it) at
  *   offset 37". Non-canonical (longer than needed) heads are accepted. Big

@@ -773,3 +773,285 @@ Test(clone, threads_may_encode_one_graph_at_once)
 	ferry_clone_handles_fini(&t);
 	ferry_value_free(v);
 }
+
+/* ---- the decoder's inline paths: every one against its slow twin ---- */
+
+/* @n bytes on the heap holding @p exactly: ASan catches a read past them. */
+static int decode_exact(const void *p, size_t n, ferry_value **out)
+{
+	uint8_t *q = malloc(n ? n : 1);
+	memcpy(q, p, n);
+	int r = ferry_clone_decode(q, n, NULL, out);
+	free(q);
+	return r;
+}
+
+Test(clone, strings_and_keys_of_every_length_round_trip)
+{
+	/* Short strings and keys are copied a word or two at a time; the last
+	 * item of a message takes the slow path (fewer than 17 bytes after
+	 * its head): every length, ASCII or not, in both places. */
+	char s[301];
+	for (size_t len = 0; len <= 300; len++) {
+		for (int utf = 0; utf < 2; utf++) {
+			for (size_t i = 0; i < len; i++)
+				s[i] = (char)('a' + i % 26);
+			if (utf && len >= 2) {
+				s[len - 2] = (char)0xc3; /* U+00FC at the end */
+				s[len - 1] = (char)0xbc;
+			}
+			ferry_value *m = ferry_value_map();
+			ferry_value *a = ferry_value_array();
+			cr_assert_eq(ferry_value_array_push(a, ferry_value_strn(s, len)), 0, "%zu", len);
+			cr_assert_eq(ferry_value_array_push(a, ferry_value_bytes(s, len)), 0);
+			cr_assert_eq(ferry_value_map_setn(m, s, len, ferry_value_strn(s, len)), 0);
+			cr_assert_eq(ferry_value_map_set(m, "arr", a), 0);
+			cr_assert_eq(ferry_value_map_set(m, "last", ferry_value_strn(s, len)), 0);
+			ferry_value *out = round_trip(m);
+			size_t n;
+			const char *got = ferry_value_get_str(ferry_value_map_getn(out, s, len), &n);
+			cr_assert(got && n == len && memcmp(got, s, len) == 0 && got[len] == 0,
+				  "length %zu", len);
+			got = ferry_value_get_str(ferry_value_map_get(out, "last"), &n);
+			cr_assert(got && n == len && got[len] == 0);
+			/* the zero padding of a copied string: no stale bytes */
+			for (size_t i = len; i < ((len + 16) & ~(size_t)15); i++)
+				cr_assert_eq(got[i], 0, "length %zu, byte %zu", len, i);
+			ferry_value_free(out);
+			ferry_value_free(m);
+		}
+	}
+}
+
+Test(clone, invalid_utf8_is_found_at_every_length)
+{
+	/* an array of one string of len bytes, its last byte a stray
+	 * continuation byte; then a filler so the string is not last */
+	uint8_t buf[400];
+	for (size_t len = 1; len <= 300; len++) {
+		for (int last = 0; last < 2; last++) {
+			size_t n = 0;
+			buf[n++] = last ? 0x81 : 0x82;
+			if (len < 24) {
+				buf[n++] = (uint8_t)(0x60 | len);
+			} else if (len < 256) {
+				buf[n++] = 0x78;
+				buf[n++] = (uint8_t)len;
+			} else {
+				buf[n++] = 0x79;
+				buf[n++] = (uint8_t)(len >> 8);
+				buf[n++] = (uint8_t)len;
+			}
+			size_t at = n;
+			memset(buf + n, 'x', len);
+			buf[n + len - 1] = 0x80;
+			n += len;
+			if (!last)
+				for (int i = 0; i < 20; i++)
+					buf[n++] = i ? 0x00 : 0x93; /* [0 x 19] */
+			ferry_value *out = (ferry_value *)1;
+			int r = decode_exact(buf, n, &out);
+			cr_assert_eq(r, -EBADMSG, "length %zu: %d", len, r);
+			cr_assert_null(out);
+			char want[96];
+			snprintf(want, sizeof want, "not valid UTF-8 (byte %zu of it) at offset %zu",
+				 len - 1, at - (len < 24 ? 1 : len < 256 ? 2 : 3));
+			assert_msg(want);
+		}
+	}
+}
+
+/* A map of @n entries: key i is keys[i] (all @klen bytes), value i. */
+static size_t map_bytes(uint8_t *buf, size_t n, const char *const *keys, size_t klen)
+{
+	size_t p = 0;
+	buf[p++] = n < 24 ? (uint8_t)(0xa0 | n) : 0xb8;
+	if (n >= 24)
+		buf[p++] = (uint8_t)n;
+	for (size_t i = 0; i < n; i++) {
+		if (klen < 24) {
+			buf[p++] = (uint8_t)(0x60 | klen);
+		} else {
+			buf[p++] = 0x78;
+			buf[p++] = (uint8_t)klen;
+		}
+		memcpy(buf + p, keys[i], klen);
+		p += klen;
+		buf[p++] = (uint8_t)(i % 24);
+	}
+	return p;
+}
+
+Test(clone, duplicate_keys_are_found_on_every_path)
+{
+	/* small maps (compared pairwise) and big ones (hashed); short keys,
+	 * long ones, not ASCII; the duplicate first, in the middle or last */
+	static const char *const short_keys[] = {"k0", "k1", "k2", "k3", "k4", "k5", "k6", "k7", "k8",
+						 "k9", "ka", "kb", "kc", "kd", "ke", "kf", "kg", "kh",
+						 "ki", "kj"};
+	static const char *const long_keys[] = {
+		"a-key-longer-than-fifteen-0", "a-key-longer-than-fifteen-1",
+		"a-key-longer-than-fifteen-2", "a-key-longer-than-fifteen-3",
+		"a-key-longer-than-fifteen-4", "a-key-longer-than-fifteen-5",
+		"a-key-longer-than-fifteen-6", "a-key-longer-than-fifteen-7",
+		"a-key-longer-than-fifteen-8", "a-key-longer-than-fifteen-9",
+		"a-key-longer-than-fifteen-a", "a-key-longer-than-fifteen-b",
+		"a-key-longer-than-fifteen-c", "a-key-longer-than-fifteen-d",
+		"a-key-longer-than-fifteen-e", "a-key-longer-than-fifteen-f",
+		"a-key-longer-than-fifteen-g", "a-key-longer-than-fifteen-h",
+		"a-key-longer-than-fifteen-i", "a-key-longer-than-fifteen-j"};
+	static const char *const utf_keys[] = {"\xc3\xbc" "0", "\xc3\xbc" "1", "\xc3\xbc" "2", "\xc3\xbc" "3",
+					       "\xc3\xbc" "4", "\xc3\xbc" "5", "\xc3\xbc" "6", "\xc3\xbc" "7",
+					       "\xc3\xbc" "8", "\xc3\xbc" "9", "\xc3\xbc" "a", "\xc3\xbc" "b",
+					       "\xc3\xbc" "c", "\xc3\xbc" "d", "\xc3\xbc" "e", "\xc3\xbc" "f",
+					       "\xc3\xbc" "g", "\xc3\xbc" "h", "\xc3\xbc" "i", "\xc3\xbc" "j"};
+	const struct {
+		const char *const *keys;
+		size_t klen;
+	} sets[] = {{short_keys, 2}, {long_keys, 27}, {utf_keys, 3}};
+	uint8_t buf[2048];
+	for (size_t s = 0; s < 3; s++) {
+		for (size_t n = 2; n <= 20; n += n < 9 ? 1 : 11) {
+			const char *keys[20];
+			memcpy(keys, sets[s].keys, n * sizeof keys[0]);
+			size_t len = map_bytes(buf, n, keys, sets[s].klen);
+			ferry_value *out = NULL;
+			cr_assert_eq(decode_exact(buf, len, &out), 0, "%s", ferry_errmsg());
+			cr_assert_eq(ferry_value_len(out), n);
+			for (size_t i = 0; i < n; i++) {
+				int64_t x;
+				cr_assert_eq(ferry_value_get_int(ferry_value_map_getn(out, keys[i], sets[s].klen),
+								 &x), 0);
+				cr_assert_eq(x, (int64_t)(i % 24));
+			}
+			ferry_value_free(out);
+			for (size_t dup = 1; dup < n; dup++) {
+				for (size_t of = 0; of < dup; of += dup - of > 1 ? dup - of - 1 : 1) {
+					memcpy(keys, sets[s].keys, n * sizeof keys[0]);
+					keys[dup] = keys[of];
+					len = map_bytes(buf, n, keys, sets[s].klen);
+					out = (ferry_value *)1;
+					cr_assert_eq(decode_exact(buf, len, &out), -EBADMSG,
+						     "set %zu, %zu entries, key %zu = key %zu", s, n, dup, of);
+					cr_assert_null(out);
+					assert_msg("twice at offset");
+				}
+			}
+		}
+	}
+}
+
+Test(clone, keys_that_differ_only_in_length_are_distinct)
+{
+	/* "a" and "a\0" pad to the same 16 bytes: the length tells them apart */
+	for (int big = 0; big < 2; big++) {
+		ferry_value *m = ferry_value_map();
+		cr_assert_eq(ferry_value_map_setn(m, "a", 1, ferry_value_int(1)), 0);
+		cr_assert_eq(ferry_value_map_setn(m, "a\0", 2, ferry_value_int(2)), 0);
+		cr_assert_eq(ferry_value_map_setn(m, "a\0\0", 3, ferry_value_int(3)), 0);
+		for (int i = 0; big && i < 20; i++) {
+			char k[8];
+			snprintf(k, sizeof k, "f%d", i);
+			cr_assert_eq(ferry_value_map_set(m, k, ferry_value_null()), 0);
+		}
+		ferry_value *out = round_trip(m);
+		int64_t x;
+		cr_assert_eq(ferry_value_get_int(ferry_value_map_getn(out, "a\0", 2), &x), 0);
+		cr_assert_eq(x, 2);
+		ferry_value_free(out);
+		ferry_value_free(m);
+	}
+}
+
+Test(clone, decoded_graphs_stay_mutable)
+{
+	/* Decoded children live in their container's block: growing,
+	 * replacing and joining them must work as for built values. */
+	ferry_value *m = ferry_value_map();
+	ferry_value *a = ferry_value_array();
+	ferry_value_array_push(a, ferry_value_str("one"));
+	ferry_value_array_push(a, ferry_value_int(2));
+	ferry_value_map_set(m, "a", a);
+	ferry_value_map_set(m, "s", ferry_value_str("short"));
+	ferry_value_map_set(m, "n", ferry_value_double(1.5));
+	ferry_value *out = round_trip(m);
+	ferry_value *oa = ferry_value_map_get(out, "a");
+	for (int i = 0; i < 100; i++) {
+		char k[16];
+		snprintf(k, sizeof k, "key%d", i);
+		cr_assert_eq(ferry_value_map_set(out, k, ferry_value_int(i)), 0);
+		cr_assert_eq(ferry_value_array_push(oa, ferry_value_int(i)), 0);
+		cr_assert_eq(ferry_value_map_set(m, k, ferry_value_int(i)), 0);
+		cr_assert_eq(ferry_value_array_push(a, ferry_value_int(i)), 0);
+	}
+	/* replace in place, move a decoded child elsewhere, share it */
+	cr_assert_eq(ferry_value_map_set(out, "s", ferry_value_str("replaced")), 0);
+	cr_assert_eq(ferry_value_map_set(m, "s", ferry_value_str("replaced")), 0);
+	ferry_value *one = ferry_value_array_get(oa, 0);
+	cr_assert_eq(ferry_value_map_set(out, "again", one), 0);
+	cr_assert_eq(ferry_value_map_set(m, "again", ferry_value_array_get(a, 0)), 0);
+	cr_assert(ferry_value_equal(m, out));
+	/* the changed graph round-trips too (the shared string included) */
+	ferry_value *again = round_trip(out);
+	cr_assert(ferry_value_map_get(again, "again") ==
+		  ferry_value_array_get(ferry_value_map_get(again, "a"), 0));
+	ferry_value_free(again);
+	/* joined to another graph: one free for both */
+	ferry_value *other = ferry_value_array();
+	cr_assert_eq(ferry_value_array_push(other, out), 0);
+	ferry_value_free(other);
+	ferry_value_free(m);
+}
+
+struct dec_job {
+	const uint8_t *buf;
+	size_t n;
+	ferry_value *got[64];
+};
+
+static void *decode_many(void *arg)
+{
+	struct dec_job *j = arg;
+	for (int i = 0; i < 64; i++)
+		if (ferry_clone_decode(j->buf, j->n, NULL, &j->got[i]))
+			j->got[i] = NULL;
+	return NULL;
+}
+
+static void *free_many(void *arg)
+{
+	struct dec_job *j = arg;
+	for (int i = 0; i < 64; i++)
+		ferry_value_free(j->got[i]);
+	return NULL;
+}
+
+Test(clone, graphs_decoded_on_one_thread_are_freed_on_another)
+{
+	/* A thread keeps the home chunk of the last graph it freed for its next
+	 * decode: graphs move between threads, threads end, nothing leaks. */
+	ferry_value *m = ferry_value_map();
+	for (int i = 0; i < 40; i++) {
+		char k[16];
+		snprintf(k, sizeof k, "field%d", i);
+		ferry_value_map_set(m, k, ferry_value_str("some text"));
+	}
+	size_t n;
+	uint8_t *buf = encode(m, &n, NULL);
+	for (int round = 0; round < 4; round++) {
+		struct dec_job j = {buf, n, {0}};
+		pthread_t t;
+		cr_assert_eq(pthread_create(&t, NULL, decode_many, &j), 0);
+		pthread_join(t, NULL);
+		for (int i = 0; i < 64; i++)
+			cr_assert(j.got[i] && ferry_value_equal(m, j.got[i]));
+		cr_assert_eq(pthread_create(&t, NULL, free_many, &j), 0);
+		pthread_join(t, NULL);
+		/* and on this thread, which keeps one */
+		ferry_value *v;
+		cr_assert_eq(ferry_clone_decode(buf, n, NULL, &v), 0);
+		ferry_value_free(v);
+	}
+	free(buf);
+	ferry_value_free(m);
+}
