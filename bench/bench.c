@@ -1,6 +1,8 @@
 /* The shared machinery of ferry-bench: registry, clock, samples, statistics,
  * pinning and peers. See bench.h for the contract. */
 #include "bench.h"
+#include "ferry/common.h"
+#include "ferry/runtime.h"
 
 #include <pthread.h>
 #include <signal.h>
@@ -164,6 +166,48 @@ void bench__clock_init(void)
 	uint64_t t1 = bench_now();
 	__asm__ __volatile__("" : : "r"(sink));
 	bench_clock.overhead_ns = bench_ns(t1 - t0) / N;
+}
+
+int bench_ferry_fail(struct bench_ctx *ctx, int r, const char *what)
+{
+	const char *detail = ferry_errmsg();
+	int has = detail && *detail;
+	if (r == -ETIMEDOUT)
+		return bench_failx(ctx, r, "%s: no answer within %.1f s", what,
+				   (double)ctx->peer_timeout_ns / 1e9);
+	return bench_failx(ctx, r, "%s: %s%s%s%s", what, ferry_strerror(r), has ? " (" : "",
+			   has ? detail : "", has ? ")" : "");
+}
+
+int bench_prepare(struct bench_ctx *ctx, struct bench_samples *out, enum bench_cost cost,
+		  size_t *n, size_t *warm)
+{
+	*n = bench_count(ctx, cost);
+	*warm = bench_warmup_count(ctx, cost);
+	if (bench_samples_reserve(out, *n))
+		return bench_fail(ctx, -ENOMEM, "samples");
+	return 0;
+}
+
+int bench_prepare_start(struct bench_ctx *ctx, struct bench_samples *out, size_t *n,
+			size_t *warm, void **shared)
+{
+	int r = bench_prepare(ctx, out, BENCH_START, n, warm);
+	if (r)
+		return r;
+	r = bench_pin(ctx, BENCH_ANY);
+	if (r)
+		return bench_fail(ctx, r, "sched_setaffinity");
+	if (shared && !(*shared = bench_shared_alloc(4096)))
+		return bench_fail(ctx, -errno, "mmap shared page");
+	return 0;
+}
+
+int bench_fork_server_start(struct bench_ctx *ctx)
+{
+	struct ferry_init_opts io = { .fork_server = 1 };
+	int r = ferry_init(&io);
+	return r ? bench_ferry_fail(ctx, r, "ferry_init") : 0;
 }
 
 /* ---- samples and statistics ---- */

@@ -9,13 +9,12 @@
  *     static int run_ring(struct bench_ctx *ctx, const struct bench_scenario *s,
  *                         struct bench_samples *out)
  *     {
- *         size_t n = bench_count(ctx, BENCH_CHEAP);
- *         if (bench_samples_reserve(out, n))
- *             return bench_fail(ctx, -ENOMEM, "samples");
+ *         size_t n, warm;
+ *         if (bench_prepare(ctx, out, BENCH_CHEAP, &n, &warm))
+ *             return -ENOMEM;
  *         ... set up; on a failed setup call:
  *             return bench_fail(ctx, -errno, "mmap %zu bytes", len);
- *         for (size_t i = 0; i < bench_warmup_count(ctx, BENCH_CHEAP) &&
- *                            !bench_warm_stop(ctx, i); i++)
+ *         for (size_t i = 0; i < warm && !bench_warm_stop(ctx, i); i++)
  *             ... an unmeasured round ...
  *         for (size_t i = 0; i < n && !bench_stop(ctx, i); i++)
  *             bench_samples_add(out, measured value);
@@ -153,6 +152,39 @@ int bench_fail(struct bench_ctx *ctx, int err, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 int bench_failx(struct bench_ctx *ctx, int err, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
+
+/*
+ * bench_ferry_fail - bench_failx for a failed ferry call: "<what>: <code>
+ * (<ferry_errmsg()>)", or "<what>: no answer within <t> s" for -ETIMEDOUT
+ * (a peer timeout). Returns @r.
+ */
+int bench_ferry_fail(struct bench_ctx *ctx, int r, const char *what);
+
+/*
+ * bench_prepare - the prologue of a row: *@n samples and *@warm warm-up
+ * rounds for @cost (bench_count, bench_warmup_count), and room for the
+ * samples in @out. Returns 0 or -ENOMEM (bench_fail already called).
+ */
+int bench_prepare(struct bench_ctx *ctx, struct bench_samples *out, enum bench_cost cost,
+		  size_t *n, size_t *warm);
+
+/*
+ * bench_prepare_start - the prologue of a start or terminate row: a
+ * BENCH_START bench_prepare, then the main side unpinned (BENCH_ANY), so
+ * that the new thread or process goes where the scheduler puts it, as a
+ * worker's does. With @shared, also one zeroed page both sides of a fork
+ * see (bench_shared_alloc(4096); bench_shared_free it at the end). Returns 0
+ * or a negative errno (bench_fail already called; nothing left to free).
+ */
+int bench_prepare_start(struct bench_ctx *ctx, struct bench_samples *out, size_t *n,
+			size_t *warm, void **shared);
+
+/*
+ * bench_fork_server_start - ferry_init with the fork server, for a row that
+ * spawns its process workers through it (ferry_fini when the row ends).
+ * Returns 0 or the row's error (bench_ferry_fail already called).
+ */
+int bench_fork_server_start(struct bench_ctx *ctx);
 
 /* ---- the clock ----
  * bench_now() is the invariant TSC when the CPU has one (constant_tsc and

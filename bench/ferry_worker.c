@@ -77,28 +77,15 @@ static int echo_entry(ferry_worker_ctx *wc)
 	}
 }
 
-/* The row's error for a failed ferry call: its code's name, the library's
- * detailed message when it has one, and the wait that ran out. */
-static int ferry_fail(struct bench_ctx *ctx, int r, const char *what)
-{
-	const char *detail = ferry_errmsg();
-	if (r == -ETIMEDOUT)
-		return bench_failx(ctx, r, "%s: no answer within %.1f s", what,
-				   (double)ctx->peer_timeout_ns / 1e9);
-	return bench_failx(ctx, r, "%s: %s%s%s%s", what, ferry_strerror(r),
-			   detail && *detail ? " (" : "", detail ? detail : "",
-			   detail && *detail ? ")" : "");
-}
-
 static int rt_round(struct bench_ctx *ctx, ferry_port *p, const char *buf)
 {
 	int r = ferry_port_post_bytes(p, buf, MSG_BYTES, ctx->peer_timeout_ns);
 	if (r)
-		return ferry_fail(ctx, r, "ferry_port_post_bytes");
+		return bench_ferry_fail(ctx, r, "ferry_port_post_bytes");
 	ferry_msg *m;
 	r = ferry_port_recv(p, &m, ctx->peer_timeout_ns);
 	if (r)
-		return ferry_fail(ctx, r, "ferry_port_recv");
+		return bench_ferry_fail(ctx, r, "ferry_port_recv");
 	size_t len = ferry_msg_len(m);
 	ferry_msg_free(m);
 	if (len != MSG_BYTES)
@@ -120,7 +107,7 @@ static int finish_worker(struct bench_ctx *ctx, ferry_worker *w, int r)
 	if (r)
 		return r;
 	if (jr)
-		return ferry_fail(ctx, jr, "ferry_worker_join");
+		return bench_ferry_fail(ctx, jr, "ferry_worker_join");
 	if (st.signal)
 		return bench_failx(ctx, -ECHILD, "worker died by signal %d (%s)", st.signal,
 				  strsignal(st.signal));
@@ -136,9 +123,9 @@ static int run_rt(struct bench_ctx *ctx, const struct bench_scenario *s,
 	/* Spin rows cost ~100s of ns, blocking ones tens of us; adaptive ones
 	 * are either, so they get the smaller count and the row budget. */
 	enum bench_cost cost = prm->mode == FERRY_WAIT_SPIN ? BENCH_CHEAP : BENCH_WAKE;
-	size_t n = bench_count(ctx, cost), warm = bench_warmup_count(ctx, cost);
-	if (bench_samples_reserve(out, n))
-		return bench_fail(ctx, -ENOMEM, "samples");
+	size_t n, warm;
+	if (bench_prepare(ctx, out, cost, &n, &warm))
+		return -ENOMEM;
 
 	echo_cfg.cpu = ctx->cpu_peer;
 	echo_cfg.mode = prm->mode;
@@ -152,11 +139,11 @@ static int run_rt(struct bench_ctx *ctx, const struct bench_scenario *s,
 	ferry_worker *w;
 	int r = ferry_worker_spawn(&w, &o);
 	if (r)
-		return ferry_fail(ctx, r, "ferry_worker_spawn");
+		return bench_ferry_fail(ctx, r, "ferry_worker_spawn");
 	ferry_port *p = ferry_worker_port(w);
 	r = ferry_port_set_wait(p, prm->mode, 0);
 	if (r) {
-		ferry_fail(ctx, r, "ferry_port_set_wait");
+		bench_ferry_fail(ctx, r, "ferry_port_set_wait");
 		return finish_worker(ctx, w, r);
 	}
 	char buf[MSG_BYTES];
@@ -174,7 +161,7 @@ static int run_rt(struct bench_ctx *ctx, const struct bench_scenario *s,
 	if (r == 0) {
 		int er = ferry_port_post_bytes(p, buf, 0, ctx->peer_timeout_ns);
 		if (er)
-			r = ferry_fail(ctx, er, "ferry_port_post_bytes of the end message");
+			r = bench_ferry_fail(ctx, er, "ferry_port_post_bytes of the end message");
 	}
 	return finish_worker(ctx, w, r);
 }
@@ -207,14 +194,14 @@ static int run_loop_rt(struct bench_ctx *ctx, const struct bench_scenario *s,
 		       struct bench_samples *out)
 {
 	const struct loop_param *prm = s->arg;
-	size_t n = bench_count(ctx, BENCH_WAKE), warm = bench_warmup_count(ctx, BENCH_WAKE);
-	if (bench_samples_reserve(out, n))
-		return bench_fail(ctx, -ENOMEM, "samples");
+	size_t n, warm;
+	if (bench_prepare(ctx, out, BENCH_WAKE, &n, &warm))
+		return -ENOMEM;
 	ferry_loop *loop;
 	struct ferry_loop_opts lo = { .backend = prm->loop_backend };
 	int r = ferry_loop_create(&loop, &lo);
 	if (r)
-		return ferry_fail(ctx, r, "ferry_loop_create");
+		return bench_ferry_fail(ctx, r, "ferry_loop_create");
 	echo_cfg.cpu = ctx->cpu_peer;
 	echo_cfg.mode = FERRY_WAIT_BLOCK;
 	echo_cfg.timeout_ns = ctx->peer_timeout_ns;
@@ -225,14 +212,14 @@ static int run_loop_rt(struct bench_ctx *ctx, const struct bench_scenario *s,
 	r = ferry_worker_spawn(&w, &o);
 	if (r) {
 		ferry_loop_destroy(loop);
-		return ferry_fail(ctx, r, "ferry_worker_spawn");
+		return bench_ferry_fail(ctx, r, "ferry_worker_spawn");
 	}
 	ferry_port *p = ferry_worker_port(w);
 	struct loop_reply lr = { 0, 0 };
 	struct ferry_loop_port_watch pw = { 0 };
 	r = ferry_loop_port_start(loop, &pw, p, on_reply, &lr);
 	if (r) {
-		ferry_fail(ctx, r, "ferry_loop_port_start");
+		bench_ferry_fail(ctx, r, "ferry_loop_port_start");
 		ferry_loop_destroy(loop);
 		return finish_worker(ctx, w, r);
 	}
@@ -243,7 +230,7 @@ static int run_loop_rt(struct bench_ctx *ctx, const struct bench_scenario *s,
 		int want = lr.got + 1;
 		r = ferry_port_post_bytes(p, buf, sizeof buf, ctx->peer_timeout_ns);
 		if (r) {
-			ferry_fail(ctx, r, "ferry_port_post_bytes");
+			bench_ferry_fail(ctx, r, "ferry_port_post_bytes");
 			break;
 		}
 		uint64_t give_up = t0 + bench_ticks(ctx->peer_timeout_ns);
@@ -260,7 +247,7 @@ static int run_loop_rt(struct bench_ctx *ctx, const struct bench_scenario *s,
 	if (r == 0) {
 		int er = ferry_port_post_bytes(p, buf, 0, ctx->peer_timeout_ns);
 		if (er)
-			r = ferry_fail(ctx, er, "ferry_port_post_bytes of the end message");
+			r = bench_ferry_fail(ctx, er, "ferry_port_post_bytes of the end message");
 	}
 	r = finish_worker(ctx, w, r);
 	ferry_loop_destroy(loop);
@@ -281,14 +268,12 @@ static int run_start(struct bench_ctx *ctx, const struct bench_scenario *s,
 		     struct bench_samples *out)
 {
 	const struct rt_param *prm = s->arg;
-	size_t n = bench_count(ctx, BENCH_START), warm = bench_warmup_count(ctx, BENCH_START);
-	if (bench_samples_reserve(out, n))
-		return bench_fail(ctx, -ENOMEM, "samples");
 	/* Like the pthread_create and fork floors: the new side goes where the
 	 * scheduler puts it. */
-	int r = bench_pin(ctx, BENCH_ANY);
+	size_t n, warm;
+	int r = bench_prepare_start(ctx, out, &n, &warm, NULL);
 	if (r)
-		return bench_fail(ctx, r, "sched_setaffinity");
+		return r;
 	echo_cfg.timeout_ns = ctx->peer_timeout_ns;
 	struct ferry_worker_opts o = {
 		.backend = prm->backend,
@@ -302,19 +287,19 @@ static int run_start(struct bench_ctx *ctx, const struct bench_scenario *s,
 		uint64_t t0 = bench_now();
 		r = ferry_worker_spawn(&w, &o);
 		if (r)
-			return ferry_fail(ctx, r, "ferry_worker_spawn");
+			return bench_ferry_fail(ctx, r, "ferry_worker_spawn");
 		ferry_port *p = ferry_worker_port(w);
 		/* Spin on the parent side: the figure is the start, not a wake. */
 		r = ferry_port_set_wait(p, FERRY_WAIT_SPIN, 0);
 		if (r) {
-			ferry_fail(ctx, r, "ferry_port_set_wait");
+			bench_ferry_fail(ctx, r, "ferry_port_set_wait");
 			return finish_worker(ctx, w, r);
 		}
 		ferry_msg *m;
 		r = ferry_port_recv(p, &m, ctx->peer_timeout_ns);
 		uint64_t t1 = bench_now();
 		if (r) {
-			ferry_fail(ctx, r, "ferry_port_recv of the first message");
+			bench_ferry_fail(ctx, r, "ferry_port_recv of the first message");
 			return finish_worker(ctx, w, r);
 		}
 		ferry_msg_free(m);
@@ -439,40 +424,34 @@ static int term_run_until(struct bench_ctx *ctx, ferry_loop *loop, int *flag)
 	uint64_t gid;
 	int r = ferry_loop_timer(loop, ctx->peer_timeout_ns, 0, term_guard, &fired, &gid);
 	if (r)
-		return ferry_fail(ctx, r, "ferry_loop_timer");
+		return bench_ferry_fail(ctx, r, "ferry_loop_timer");
 	ferry_loop_ref(loop, gid, 0);
 	while (!*flag && !fired) {
 		r = ferry_loop_run(loop, FERRY_RUN_ONCE);
 		if (r < 0)
-			return ferry_fail(ctx, r, "ferry_loop_run");
+			return bench_ferry_fail(ctx, r, "ferry_loop_run");
 	}
 	if (!fired)
 		ferry_loop_cancel(loop, gid);
-	return *flag ? 0 : ferry_fail(ctx, -ETIMEDOUT, "the worker's event");
+	return *flag ? 0 : bench_ferry_fail(ctx, -ETIMEDOUT, "the worker's event");
 }
 
 static int run_term(struct bench_ctx *ctx, const struct bench_scenario *s,
 		    struct bench_samples *out)
 {
 	const struct term_param *prm = s->arg;
-	size_t n = bench_count(ctx, BENCH_START), warm = bench_warmup_count(ctx, BENCH_START);
-	if (bench_samples_reserve(out, n))
-		return bench_fail(ctx, -ENOMEM, "samples");
-	int r = bench_pin(ctx, BENCH_ANY);
+	size_t n, warm;
+	int r = bench_prepare_start(ctx, out, &n, &warm, NULL);
 	if (r)
-		return bench_fail(ctx, r, "sched_setaffinity");
-	if (prm->server) {
-		struct ferry_init_opts io = { .fork_server = 1 };
-		r = ferry_init(&io);
-		if (r)
-			return ferry_fail(ctx, r, "ferry_init");
-	}
+		return r;
+	if (prm->server && (r = bench_fork_server_start(ctx)) != 0)
+		return r;
 	ferry_loop *loop;
 	r = ferry_loop_create(&loop, NULL);
 	if (r) {
 		if (prm->server)
 			ferry_fini();
-		return ferry_fail(ctx, r, "ferry_loop_create");
+		return bench_ferry_fail(ctx, r, "ferry_loop_create");
 	}
 	struct ferry_worker_opts o = {
 		.backend = prm->backend,
@@ -485,14 +464,14 @@ static int run_term(struct bench_ctx *ctx, const struct bench_scenario *s,
 		ferry_worker *w;
 		r = ferry_worker_spawn(&w, &o);
 		if (r) {
-			r = ferry_fail(ctx, r, "ferry_worker_spawn");
+			r = bench_ferry_fail(ctx, r, "ferry_worker_spawn");
 			break;
 		}
 		struct term_state ts = { 0 };
 		struct ferry_loop_worker_watch ww = { 0 };
 		r = ferry_loop_worker_start(loop, &ww, w, term_event, &ts);
 		if (r) {
-			r = ferry_fail(ctx, r, "ferry_loop_worker_start");
+			r = bench_ferry_fail(ctx, r, "ferry_loop_worker_start");
 			ferry_worker_destroy(w);
 			break;
 		}
@@ -504,7 +483,7 @@ static int run_term(struct bench_ctx *ctx, const struct bench_scenario *s,
 		if (r == 0) {
 			r = ferry_worker_terminate(w, ctx->peer_timeout_ns);
 			if (r)
-				r = ferry_fail(ctx, r, "ferry_worker_terminate");
+				r = bench_ferry_fail(ctx, r, "ferry_worker_terminate");
 		}
 		if (r == 0)
 			r = term_run_until(ctx, loop, &ts.exited);
@@ -542,15 +521,12 @@ static int run_term_floor(struct bench_ctx *ctx, const struct bench_scenario *s,
 			  struct bench_samples *out)
 {
 	int process = s->arg != NULL;
-	size_t n = bench_count(ctx, BENCH_START), warm = bench_warmup_count(ctx, BENCH_START);
-	if (bench_samples_reserve(out, n))
-		return bench_fail(ctx, -ENOMEM, "samples");
-	int r = bench_pin(ctx, BENCH_ANY);
+	size_t n, warm;
+	void *page;
+	int r = bench_prepare_start(ctx, out, &n, &warm, &page);
 	if (r)
-		return bench_fail(ctx, r, "sched_setaffinity");
-	_Atomic uint32_t *up = bench_shared_alloc(4096);
-	if (!up)
-		return bench_fail(ctx, -errno, "mmap shared page");
+		return r;
+	_Atomic uint32_t *up = page;
 	fflush(NULL);
 	struct bench_loop lp = { .warm = warm, .n = n };
 	while (bench_loop_next(ctx, &lp)) {

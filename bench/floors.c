@@ -36,17 +36,6 @@ static int rt_backend(const struct bench_scenario *s)
 	return (int)(intptr_t)s->arg;
 }
 
-/* Allocate the samples of a round-trip row; shared by the floors. */
-static int rt_prepare(struct bench_ctx *ctx, struct bench_samples *out, enum bench_cost cost,
-		      size_t *n, size_t *warm)
-{
-	*n = bench_count(ctx, cost);
-	*warm = bench_warmup_count(ctx, cost);
-	if (bench_samples_reserve(out, *n))
-		return bench_fail(ctx, -ENOMEM, "samples");
-	return 0;
-}
-
 /* ---- atomic spin ping-pong ---- */
 
 static int spin_peer(struct bench_ctx *ctx, void *arg)
@@ -77,43 +66,6 @@ static int spin_round(struct bench_ctx *ctx, struct pingpong *pp, uint32_t v)
 		if (bench_spin(&sp))
 			return -ETIMEDOUT;
 	return 0;
-}
-
-static int run_spin(struct bench_ctx *ctx, const struct bench_scenario *s,
-		    struct bench_samples *out)
-{
-	size_t n, warm;
-	int r = rt_prepare(ctx, out, BENCH_CHEAP, &n, &warm);
-	if (r)
-		return r;
-	struct pingpong *pp = bench_shared_alloc(4096);
-	if (!pp)
-		return bench_fail(ctx, -errno, "mmap shared page");
-	struct bench_peer peer;
-	r = bench_peer_start(ctx, &peer, rt_backend(s), spin_peer, pp);
-	if (r) {
-		bench_shared_free(pp, 4096);
-		return r;
-	}
-	uint32_t v = 0;
-	for (size_t i = 0; i < warm && r == 0 && !bench_warm_stop(ctx, i); i++)
-		r = spin_round(ctx, pp, ++v);
-	uint64_t t0 = bench_now();
-	for (size_t i = 0; i < n && r == 0 && !bench_stop(ctx, i); i++) {
-		r = spin_round(ctx, pp, ++v);
-		uint64_t t1 = bench_now();
-		bench_samples_add(out, bench_ns(t1 - t0));
-		t0 = t1;
-	}
-	atomic_store_explicit(&pp->stop, 1, memory_order_relaxed);
-	atomic_store_explicit(&pp->ping, ++v, memory_order_release);
-	int jr = bench_peer_join(ctx, &peer);
-	if (r && (jr == 0 || jr == -ETIMEDOUT)) /* else join said why (peer died) */
-		bench_failx(ctx, r, "no reply from the peer within %.1f s",
-			   (double)ctx->peer_timeout_ns / 1e9);
-	if (jr != -ETIMEDOUT || rt_backend(s) == BENCH_PROCESS)
-		bench_shared_free(pp, 4096);
-	return r ? r : jr;
 }
 
 /* ---- futex wait/wake ping-pong ---- */
@@ -171,35 +123,51 @@ static int futex_round(struct bench_ctx *ctx, struct pingpong *pp, uint32_t v)
 	return futex_await_change(ctx, &pp->pong, v - 1);
 }
 
-static int run_futex(struct bench_ctx *ctx, const struct bench_scenario *s,
-		     struct bench_samples *out)
+/* ---- the ping-pong floors, spin or futex ---- */
+
+/* What tells the two ping-pong floors apart: the cost of a round, the
+ * peer's loop, the main side's round trip, and whether the peer sleeps (the
+ * final ping then wakes it). */
+struct pp_kind {
+	enum bench_cost cost;
+	bench_peer_fn peer;
+	int (*round)(struct bench_ctx *ctx, struct pingpong *pp, uint32_t v);
+	int sleeps;
+};
+
+/* Inlined into each floor, so that the measured round is a direct call, as
+ * before the two shared this body. */
+static inline __attribute__((always_inline)) int
+run_pingpong(struct bench_ctx *ctx, const struct bench_scenario *s, struct bench_samples *out,
+	     const struct pp_kind *k)
 {
 	size_t n, warm;
-	int r = rt_prepare(ctx, out, BENCH_WAKE, &n, &warm);
+	int r = bench_prepare(ctx, out, k->cost, &n, &warm);
 	if (r)
 		return r;
 	struct pingpong *pp = bench_shared_alloc(4096);
 	if (!pp)
 		return bench_fail(ctx, -errno, "mmap shared page");
 	struct bench_peer peer;
-	r = bench_peer_start(ctx, &peer, rt_backend(s), futex_peer, pp);
+	r = bench_peer_start(ctx, &peer, rt_backend(s), k->peer, pp);
 	if (r) {
 		bench_shared_free(pp, 4096);
 		return r;
 	}
 	uint32_t v = 0;
 	for (size_t i = 0; i < warm && r == 0 && !bench_warm_stop(ctx, i); i++)
-		r = futex_round(ctx, pp, ++v);
+		r = k->round(ctx, pp, ++v);
 	uint64_t t0 = bench_now();
 	for (size_t i = 0; i < n && r == 0 && !bench_stop(ctx, i); i++) {
-		r = futex_round(ctx, pp, ++v);
+		r = k->round(ctx, pp, ++v);
 		uint64_t t1 = bench_now();
 		bench_samples_add(out, bench_ns(t1 - t0));
 		t0 = t1;
 	}
 	atomic_store_explicit(&pp->stop, 1, memory_order_relaxed);
 	atomic_store_explicit(&pp->ping, ++v, memory_order_release);
-	futex_wake(&pp->ping);
+	if (k->sleeps)
+		futex_wake(&pp->ping);
 	int jr = bench_peer_join(ctx, &peer);
 	if (r && (jr == 0 || jr == -ETIMEDOUT)) /* else join said why (peer died) */
 		bench_failx(ctx, r, "no reply from the peer within %.1f s",
@@ -207,6 +175,20 @@ static int run_futex(struct bench_ctx *ctx, const struct bench_scenario *s,
 	if (jr != -ETIMEDOUT || rt_backend(s) == BENCH_PROCESS)
 		bench_shared_free(pp, 4096);
 	return r ? r : jr;
+}
+
+static int run_spin(struct bench_ctx *ctx, const struct bench_scenario *s,
+		    struct bench_samples *out)
+{
+	static const struct pp_kind spin = { BENCH_CHEAP, spin_peer, spin_round, 0 };
+	return run_pingpong(ctx, s, out, &spin);
+}
+
+static int run_futex(struct bench_ctx *ctx, const struct bench_scenario *s,
+		     struct bench_samples *out)
+{
+	static const struct pp_kind futex = { BENCH_WAKE, futex_peer, futex_round, 1 };
+	return run_pingpong(ctx, s, out, &futex);
 }
 
 /* ---- pipe and unix socket ping-pong, 64 bytes ---- */
@@ -273,7 +255,7 @@ static int run_stream(struct bench_ctx *ctx, const struct bench_scenario *s,
 		      struct bench_samples *out, int unix_socket)
 {
 	size_t n, warm;
-	int r = rt_prepare(ctx, out, BENCH_WAKE, &n, &warm);
+	int r = bench_prepare(ctx, out, BENCH_WAKE, &n, &warm);
 	if (r)
 		return r;
 	struct stream st = { .backend = rt_backend(s) };
@@ -373,13 +355,11 @@ static int await_up(struct bench_ctx *ctx, struct start_flag *f)
 static int run_pthread_start(struct bench_ctx *ctx, const struct bench_scenario *s,
 			     struct bench_samples *out)
 {
-	size_t n = bench_count(ctx, BENCH_START), warm = bench_warmup_count(ctx, BENCH_START);
-	if (bench_samples_reserve(out, n))
-		return bench_fail(ctx, -ENOMEM, "samples");
 	/* The new thread goes where the scheduler puts it, as a worker does. */
-	int r = bench_pin(ctx, BENCH_ANY);
+	size_t n, warm;
+	int r = bench_prepare_start(ctx, out, &n, &warm, NULL);
 	if (r)
-		return bench_fail(ctx, r, "sched_setaffinity");
+		return r;
 	static struct start_flag flag;
 	struct bench_loop lp = { .warm = warm, .n = n };
 	while (bench_loop_next(ctx, &lp)) {
@@ -404,15 +384,12 @@ static int run_pthread_start(struct bench_ctx *ctx, const struct bench_scenario 
 static int run_fork_start(struct bench_ctx *ctx, const struct bench_scenario *s,
 			  struct bench_samples *out)
 {
-	size_t n = bench_count(ctx, BENCH_START), warm = bench_warmup_count(ctx, BENCH_START);
-	if (bench_samples_reserve(out, n))
-		return bench_fail(ctx, -ENOMEM, "samples");
-	int r = bench_pin(ctx, BENCH_ANY);
+	size_t n, warm;
+	void *page;
+	int r = bench_prepare_start(ctx, out, &n, &warm, &page);
 	if (r)
-		return bench_fail(ctx, r, "sched_setaffinity");
-	struct start_flag *flag = bench_shared_alloc(4096);
-	if (!flag)
-		return bench_fail(ctx, -errno, "mmap shared page");
+		return r;
+	struct start_flag *flag = page;
 	fflush(NULL);
 	struct bench_loop lp = { .warm = warm, .n = n };
 	while (bench_loop_next(ctx, &lp)) {

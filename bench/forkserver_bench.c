@@ -47,17 +47,6 @@ static int fs_hello(ferry_worker_ctx *wc)
 				     HELLO_TIMEOUT_NS) ? 10 : 0;
 }
 
-static int fs_fail(struct bench_ctx *ctx, int r, const char *what)
-{
-	const char *detail = ferry_errmsg();
-	if (r == -ETIMEDOUT)
-		return bench_failx(ctx, r, "%s: no answer within %.1f s", what,
-				   (double)ctx->peer_timeout_ns / 1e9);
-	return bench_failx(ctx, r, "%s: %s%s%s%s", what, ferry_strerror(r),
-			   detail && *detail ? " (" : "", detail ? detail : "",
-			   detail && *detail ? ")" : "");
-}
-
 /* Join and destroy; an abnormal end is the row's error (unless @r already is). */
 static int fs_finish(struct bench_ctx *ctx, ferry_worker *w, int r)
 {
@@ -65,7 +54,7 @@ static int fs_finish(struct bench_ctx *ctx, ferry_worker *w, int r)
 	memset(&st, 0, sizeof st);
 	int jr = ferry_worker_join(w, &st, ctx->peer_timeout_ns);
 	if (jr && !r)
-		r = fs_fail(ctx, jr, "ferry_worker_join");
+		r = bench_ferry_fail(ctx, jr, "ferry_worker_join");
 	ferry_worker_destroy(w);
 	if (r)
 		return r;
@@ -100,23 +89,17 @@ static int run_fs_start(struct bench_ctx *ctx, const struct bench_scenario *s,
 			struct bench_samples *out)
 {
 	const struct fs_param *prm = s->arg;
-	size_t n = bench_count(ctx, BENCH_START), warm = bench_warmup_count(ctx, BENCH_START);
+	size_t n, warm;
+	int r = bench_prepare_start(ctx, out, &n, &warm, NULL);
+	if (r)
+		return r;
 	if (prm->big_heap) {
 		/* Tens of ms each from a big parent: fewer rounds. */
 		n = ctx->quick ? n / 10 + 1 : n / 5 + 1;
 		warm = warm / 10 + 1;
 	}
-	if (bench_samples_reserve(out, n))
-		return bench_fail(ctx, -ENOMEM, "samples");
-	int r = bench_pin(ctx, BENCH_ANY);
-	if (r)
-		return bench_fail(ctx, r, "sched_setaffinity");
-	if (prm->server) {
-		struct ferry_init_opts io = { .fork_server = 1 };
-		r = ferry_init(&io);
-		if (r)
-			return fs_fail(ctx, r, "ferry_init");
-	}
+	if (prm->server && (r = bench_fork_server_start(ctx)) != 0)
+		return r;
 	void *heap = NULL;
 	if (prm->big_heap && !(heap = touch_heap(ctx, &r))) {
 		ferry_fini();
@@ -134,21 +117,22 @@ static int run_fs_start(struct bench_ctx *ctx, const struct bench_scenario *s,
 		uint64_t t0 = bench_now();
 		r = ferry_worker_spawn(&w, &o);
 		if (r) {
-			r = fs_fail(ctx, r, "ferry_worker_spawn");
+			r = bench_ferry_fail(ctx, r, "ferry_worker_spawn");
 			break;
 		}
 		ferry_port *p = ferry_worker_port(w);
 		/* Spin on the parent side: the figure is the start, not a wake. */
 		r = ferry_port_set_wait(p, FERRY_WAIT_SPIN, 0);
 		if (r) {
-			r = fs_finish(ctx, w, fs_fail(ctx, r, "ferry_port_set_wait"));
+			r = fs_finish(ctx, w, bench_ferry_fail(ctx, r, "ferry_port_set_wait"));
 			break;
 		}
 		ferry_msg *m;
 		r = ferry_port_recv(p, &m, ctx->peer_timeout_ns);
 		uint64_t t1 = bench_now();
 		if (r) {
-			r = fs_finish(ctx, w, fs_fail(ctx, r, "ferry_port_recv of the first message"));
+			r = bench_ferry_fail(ctx, r, "ferry_port_recv of the first message");
+			r = fs_finish(ctx, w, r);
 			break;
 		}
 		ferry_msg_free(m);

@@ -256,6 +256,29 @@ static void row_cells(const struct row *r, char a[32], char b[32], char c[32], c
 		snprintf(rb, 32, "-");
 }
 
+/* A row whose peer is not installed (node, piscina) says "skipped": a
+ * note, not a failure; any other message is an error. */
+static int row_skipped(const char *msg)
+{
+	return strncmp(msg, "skipped", 7) == 0;
+}
+
+/* What goes before a row's message in the table, Markdown and progress. */
+static const char *msg_prefix(const char *msg)
+{
+	return row_skipped(msg) ? "" : "error: ";
+}
+
+/* Does @r start a group (the first row, or a group other than *@group)?
+ * Then *@group becomes its group. */
+static int new_group(const struct row *r, const char **group)
+{
+	if (*group && strcmp(*group, dash(r->s->group)) == 0)
+		return 0;
+	*group = dash(r->s->group);
+	return 1;
+}
+
 static void print_table(FILE *out, const struct row *rows, size_t nrows)
 {
 	int wn = 4, wb = 7, wm = 4, wf = 5, wv = 8;
@@ -280,8 +303,7 @@ static void print_table(FILE *out, const struct row *rows, size_t nrows)
 		const struct row *r = &rows[i];
 		if (!r->selected)
 			continue;
-		if (!group || strcmp(group, dash(r->s->group)) != 0) {
-			group = dash(r->s->group);
+		if (new_group(r, &group)) {
 			fprintf(out, "\n%s\n", group);
 			fprintf(out, "  %-*s  %-*s  %-*s  %*s  %*s  %*s  %8s  %-*s  %7s\n", wn, "name",
 				wb, "backend", wm, "mode", wv, "p50", wv, "p99", wv, "p99.9", "n", wf,
@@ -290,7 +312,7 @@ static void print_table(FILE *out, const struct row *rows, size_t nrows)
 		fprintf(out, "  %-*s  %-*s  %-*s  ", wn, dash(r->s->name), wb, dash(r->s->backend),
 			wm, dash(r->s->mode));
 		if (r->err) {
-			fprintf(out, "%s%s\n", strncmp(r->msg, "skipped", 7) ? "error: " : "", r->msg);
+			fprintf(out, "%s%s\n", msg_prefix(r->msg), r->msg);
 			continue;
 		}
 		char a[32], b[32], c[32], fb[256], rb[32];
@@ -322,8 +344,7 @@ static void print_markdown(FILE *out, const struct row *rows, size_t nrows)
 		const struct row *r = &rows[i];
 		if (!r->selected)
 			continue;
-		if (!group || strcmp(group, dash(r->s->group)) != 0) {
-			group = dash(r->s->group);
+		if (new_group(r, &group)) {
 			fprintf(out, "\n**%s**\n\n", group);
 			fputs("| name | backend | mode | p50 | p99 | p99.9 | n | floor | ratio |\n"
 			      "|---|---|---|--:|--:|--:|--:|---|--:|\n", out);
@@ -333,8 +354,7 @@ static void print_markdown(FILE *out, const struct row *rows, size_t nrows)
 		md_cell(out, dash(r->s->mode));
 		if (r->err) {
 			char e[300];
-			snprintf(e, sizeof e, "%s%s", strncmp(r->msg, "skipped", 7) ? "error: " : "",
-				 r->msg);
+			snprintf(e, sizeof e, "%s%s", msg_prefix(r->msg), r->msg);
 			md_cell(out, e);
 			fputs("| | | | | |\n", out);
 			continue;
@@ -1100,10 +1120,9 @@ int main(int argc, char **argv)
 				row->err = r;
 				snprintf(row->msg, sizeof row->msg, "%s",
 					 ctx.err[0] ? ctx.err : strerror(-r));
-				fprintf(stderr, "%s%s\n", strncmp(row->msg, "skipped", 7) ? "error: " : "",
-					row->msg);
+				fprintf(stderr, "%s%s\n", msg_prefix(row->msg), row->msg);
 				/* A peer that is not installed is a note, not a failure. */
-				if (strncmp(row->msg, "skipped", 7) != 0)
+				if (!row_skipped(row->msg))
 					failed = 1;
 				continue;
 			}

@@ -46,16 +46,6 @@ static void pin_self(int cpu)
 	(void)sched_setaffinity(0, sizeof set, &set); /* best effort */
 }
 
-static int pb_fail(struct bench_ctx *ctx, int r, const char *what)
-{
-	const char *d = ferry_errmsg();
-	if (r == -ETIMEDOUT)
-		return bench_failx(ctx, r, "%s: no answer within %.1f s", what,
-				   (double)ctx->peer_timeout_ns / 1e9);
-	return bench_failx(ctx, r, "%s: %s%s%s%s", what, ferry_strerror(r), d && *d ? " (" : "",
-			   d ? d : "", d && *d ? ")" : "");
-}
-
 /* ---- the floor: a 64 B echo over a worker's port ---- */
 
 static int echo_entry(ferry_worker_ctx *wc)
@@ -84,9 +74,9 @@ static int echo_entry(ferry_worker_ctx *wc)
 
 static int run_port(struct bench_ctx *ctx, const struct pb_param *prm, struct bench_samples *out)
 {
-	size_t n = bench_count(ctx, BENCH_WAKE), warm = bench_warmup_count(ctx, BENCH_WAKE);
-	if (bench_samples_reserve(out, n))
-		return bench_fail(ctx, -ENOMEM, "samples");
+	size_t n, warm;
+	if (bench_prepare(ctx, out, BENCH_WAKE, &n, &warm))
+		return -ENOMEM;
 	pb_cpu = ctx->cpu_peer;
 	int64_t tmo = ctx->peer_timeout_ns;
 	struct ferry_worker_opts o = { .backend = prm->backend, .entry = echo_entry, .name = "bench-echo",
@@ -94,7 +84,7 @@ static int run_port(struct bench_ctx *ctx, const struct pb_param *prm, struct be
 	ferry_worker *w;
 	int r = ferry_worker_spawn(&w, &o);
 	if (r)
-		return pb_fail(ctx, r, "ferry_worker_spawn");
+		return bench_ferry_fail(ctx, r, "ferry_worker_spawn");
 	ferry_port *p = ferry_worker_port(w);
 	char buf[MSG_BYTES];
 	memset(buf, 0x5a, sizeof buf);
@@ -108,7 +98,7 @@ static int run_port(struct bench_ctx *ctx, const struct pb_param *prm, struct be
 		ferry_msg_free(m);
 		uint64_t t1 = bench_now();
 		if (r)
-			pb_fail(ctx, r, "port round trip");
+			bench_ferry_fail(ctx, r, "port round trip");
 		else if (lp.measuring)
 			bench_samples_add(out, bench_ns(t1 - t0));
 		t0 = t1;
@@ -138,14 +128,14 @@ static int make_pool(struct bench_ctx *ctx, int backend, int workers, ferry_pool
 	struct ferry_pool_opts o = { .backend = backend, .fn = empty_task, .name = "bench-pool",
 				     .min_workers = workers, .max_workers = workers };
 	int r = ferry_pool_create(out, &o);
-	return r ? pb_fail(ctx, r, "ferry_pool_create") : 0;
+	return r ? bench_ferry_fail(ctx, r, "ferry_pool_create") : 0;
 }
 
 static int run_rt(struct bench_ctx *ctx, const struct pb_param *prm, struct bench_samples *out)
 {
-	size_t n = bench_count(ctx, BENCH_WAKE), warm = bench_warmup_count(ctx, BENCH_WAKE);
-	if (bench_samples_reserve(out, n))
-		return bench_fail(ctx, -ENOMEM, "samples");
+	size_t n, warm;
+	if (bench_prepare(ctx, out, BENCH_WAKE, &n, &warm))
+		return -ENOMEM;
 	pb_cpu = ctx->cpu_peer;
 	ferry_pool *p;
 	int r = make_pool(ctx, prm->backend, 1, &p);
@@ -157,14 +147,14 @@ static int run_rt(struct bench_ctx *ctx, const struct pb_param *prm, struct benc
 		ferry_pool_task *t;
 		r = ferry_pool_submit(p, NULL, NULL, &t);
 		if (r) {
-			pb_fail(ctx, r, "ferry_pool_submit");
+			bench_ferry_fail(ctx, r, "ferry_pool_submit");
 			break;
 		}
 		r = ferry_pool_task_wait(t, ctx->peer_timeout_ns);
 		ferry_pool_task_free(t);
 		uint64_t t1 = bench_now();
 		if (r)
-			pb_fail(ctx, r, "ferry_pool_task_wait");
+			bench_ferry_fail(ctx, r, "ferry_pool_task_wait");
 		else if (lp.measuring)
 			bench_samples_add(out, bench_ns(t1 - t0));
 		t0 = t1;
@@ -205,7 +195,7 @@ static int run_rate(struct bench_ctx *ctx, const struct pb_param *prm, struct be
 					continue;
 				}
 				if (r != -EAGAIN) {
-					pb_fail(ctx, r, "ferry_pool_submit");
+					bench_ferry_fail(ctx, r, "ferry_pool_submit");
 					break;
 				}
 				r = 0;
@@ -214,7 +204,7 @@ static int run_rate(struct bench_ctx *ctx, const struct pb_param *prm, struct be
 			r = ferry_pool_task_wait(ring[head], ctx->peer_timeout_ns);
 			ferry_pool_task_free(ring[head++]);
 			if (r)
-				pb_fail(ctx, r, "ferry_pool_task_wait");
+				bench_ferry_fail(ctx, r, "ferry_pool_task_wait");
 		}
 		for (; head < tail; head++)
 			ferry_pool_task_free(ring[head]);

@@ -169,6 +169,33 @@ static void preamble(FILE *g, int w, int h, const char *name, const char *title,
 	fputs("set grid ytics lc rgb '#dddddd'\nset border 3\nset tics nomirror\n", g);
 }
 
+/*
+ * Close @dat, the data file <name>.dat of plot @name (NULL for a plot that
+ * writes and drops its data files itself), then open the script <name>.gp
+ * and write its preamble. NULL with *@ret = -1 when a file failed; NULL
+ * with *@ret = 0 when @rows is 0 (no plot this run: <name>.dat is removed).
+ */
+static FILE *begin_script(struct out *o, FILE *dat, int rows, const char *name, int w, int h,
+			  const char *title, const char *subtitle, int *ret)
+{
+	*ret = -1;
+	if (dat && close_out(o, dat))
+		return NULL;
+	if (!rows) {
+		if (dat) {
+			char file[64];
+			snprintf(file, sizeof file, "%s.dat", name);
+			drop(o, file);
+		}
+		*ret = 0;
+		return NULL;
+	}
+	FILE *g = open_in(o, "%s.gp", name);
+	if (g)
+		preamble(g, w, h, name, title, subtitle);
+	return g;
+}
+
 /* Log-axis tics of a time axis in microseconds, labelled in their unit. */
 static void time_tics(FILE *g, const char *axis)
 {
@@ -217,15 +244,12 @@ static int plot_latency(struct out *o, const char *subtitle, const struct bench_
 			snprintf(name, sizeof name, "latency_%s.dat", backends[b]);
 			drop(o, name);
 		}
-	if (!have[0] && !have[1])
-		return 0;
-	FILE *g = open_in(o, "latency.gp");
-	if (!g)
-		return -1;
-	int panels = (have[0] > 0) + (have[1] > 0);
+	int panels = (have[0] > 0) + (have[1] > 0), ret;
 	int w = maxrows > 12 ? 1200 : 1000;
-	preamble(g, w, 430 * panels + 60, "latency", "round trip of 64 B, by backend (lower is better)",
-		 subtitle);
+	FILE *g = begin_script(o, NULL, panels, "latency", w, 430 * panels + 60,
+			       "round trip of 64 B, by backend (lower is better)", subtitle, &ret);
+	if (!g)
+		return ret;
 	fprintf(g, "set multiplot layout %d,1 title TITLE\n", panels);
 	fputs("set style data histogram\n"
 	      "set style histogram cluster gap 1\n"
@@ -309,18 +333,12 @@ static int plot_payloads(struct out *o, const char *subtitle, const struct bench
 			blk++;
 		}
 	}
-	if (close_out(o, f))
-		return -1;
-	if (!nseries) {
-		drop(o, "payloads.dat");
-		return 0;
-	}
-	FILE *g = open_in(o, "payloads.gp");
+	int ret;
+	FILE *g = begin_script(o, f, nseries, "payloads", 1000, 640,
+			       "one message there and back by payload size: clone vs transfer vs "
+			       "shared (p50)", subtitle, &ret);
 	if (!g)
-		return -1;
-	preamble(g, 1000, 640, "payloads",
-		 "one message there and back by payload size: clone vs transfer vs shared (p50)",
-		 subtitle);
+		return ret;
 	time_tics(g, "y");
 	fputs("set logscale xy\n"
 	      "set xlabel 'payload size (log scale)'\n"
@@ -423,13 +441,12 @@ static int plot_rings(struct out *o, const char *subtitle, const struct bench_re
 		}
 		fputc('\n', f);
 	}
-	if (close_out(o, f))
-		return -1;
-	FILE *g = open_in(o, "rings.gp");
+	int ret;
+	FILE *g = begin_script(o, f, nc, "rings", 1000, 600,
+			       "ring throughput, 64 B elements, p50 (higher is better)", subtitle,
+			       &ret);
 	if (!g)
-		return -1;
-	preamble(g, 1000, 600, "rings", "ring throughput, 64 B elements, p50 (higher is better)",
-		 subtitle);
+		return ret;
 	static const char *const colors[] = { "#888888", "#9ecae1", "#4a90c8", "#1c4f88",
 					      "#0b2a50", "#519e3e", "#c53a32", "#ef8636" };
 	fputs("set style data histogram\n"
@@ -478,17 +495,12 @@ static int plot_pool(struct out *o, const char *subtitle, const struct bench_res
 		hi = fmax(hi, r->st.p50 / 1e3);
 		rows++;
 	}
-	if (close_out(o, f))
-		return -1;
-	if (!rows) {
-		drop(o, "pool.dat");
-		return 0;
-	}
-	FILE *g = open_in(o, "pool.gp");
+	int ret;
+	FILE *g = begin_script(o, f, rows, "pool", 800, 520,
+			       "pool of 2 workers: empty tasks per second (higher is better)",
+			       subtitle, &ret);
 	if (!g)
-		return -1;
-	preamble(g, 800, 520, "pool",
-		 "pool of 2 workers: empty tasks per second (higher is better)", subtitle);
+		return ret;
 	/* Rates far apart (a Node peer next to ferry, say): a log axis. */
 	if (lo > 0 && hi / lo > 20)
 		fprintf(g, "set logscale y\nset yrange [%g:%g]\n"
@@ -531,17 +543,12 @@ static int plot_scaling(struct out *o, const char *subtitle, const struct bench_
 		fputs("\n\n", f);
 		nseries++;
 	}
-	if (close_out(o, f))
-		return -1;
-	if (!nseries) {
-		drop(o, "scaling.dat");
-		return 0;
-	}
-	FILE *g = open_in(o, "scaling.gp");
+	int ret;
+	FILE *g = begin_script(o, f, nseries, "scaling", 900, 600,
+			       "CPU-bound map through the pool: speedup X(N)/X(1) and the USL fit",
+			       subtitle, &ret);
 	if (!g)
-		return -1;
-	preamble(g, 900, 600, "scaling",
-		 "CPU-bound map through the pool: speedup X(N)/X(1) and the USL fit", subtitle);
+		return ret;
 	fprintf(g, "set xrange [0.8:%g]\nset yrange [0:*]\n", nmax + 0.2);
 	if (nmax <= 16)
 		fprintf(g, "set xtics 1\n");

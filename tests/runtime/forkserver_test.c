@@ -1078,24 +1078,6 @@ static void worker_data_value_through_the_server(void)
 	ferry_buf_free(b);
 }
 
-static int count_open_files(ferry_worker_ctx *ctx)
-{
-	int n = 0;
-	while (n < 1000 && dup(0) >= 0)
-		n++;
-	ferry_port_post_bytes(ferry_worker_ctx_port(ctx), &n, sizeof n, FERRY_FOREVER);
-	return 0;
-}
-
-static int try_big_malloc(ferry_worker_ctx *ctx)
-{
-	void *big = malloc((size_t)1 << 30);
-	int got_big = big != NULL;
-	free(big);
-	ferry_port_post_bytes(ferry_worker_ctx_port(ctx), &got_big, sizeof got_big, FERRY_FOREVER);
-	return 0;
-}
-
 static int limit_result(const struct ferry_worker_opts *o)
 {
 	ferry_worker *w;
@@ -1112,14 +1094,14 @@ static int limit_result(const struct ferry_worker_opts *o)
 static void limits_apply_through_the_server(void)
 {
 	start_server();
-	struct ferry_worker_opts o = { .backend = FERRY_PROCESS, .entry = count_open_files,
+	struct ferry_worker_opts o = { .backend = FERRY_PROCESS, .entry = tu_entry_count_open_files,
 				       .max_open_files = 32, .spawn = FERRY_SPAWN_SERVER };
 	int opened = limit_result(&o);
 	CHECK_LT(opened, 32, "RLIMIT_NOFILE not applied: %d dups", opened);
 	CHECK_GT(opened, 20, "the worker holds only a few fds: %d dups", opened);
 	if (UNDER_SANITIZER)
 		return; /* shadow memory: no RLIMIT_AS under sanitizers */
-	o.entry = try_big_malloc;
+	o.entry = tu_entry_try_big_malloc;
 	o.max_open_files = 0;
 	o.max_address_space = (uint64_t)512 << 20;
 	CHECK_EQ(limit_result(&o), 0, "RLIMIT_AS not applied: a 1 GiB malloc worked");

@@ -24,6 +24,14 @@ static void teardown(void)
 
 TestSuite(loop_port, .init = setup, .fini = teardown, .timeout = 60);
 
+/* The four runs of scenario @fn(loop backend, worker backend), as tests
+ * <suite>::<fn>_{uring,epoll}_{thread,process}. */
+#define EACH_BACKEND(suite, fn)                                                      \
+	Test(suite, fn##_uring_thread) { fn("uring", FERRY_THREAD); }               \
+	Test(suite, fn##_uring_process) { fn("uring", FERRY_PROCESS); }             \
+	Test(suite, fn##_epoll_thread) { fn("epoll", FERRY_THREAD); }               \
+	Test(suite, fn##_epoll_process) { fn("epoll", FERRY_PROCESS); }
+
 #define N 5000
 
 static int stream(ferry_worker_ctx *ctx)
@@ -325,10 +333,7 @@ static void all_events(const char *lb, int wb)
 	ferry_loop_destroy(loop);
 }
 
-Test(loop_worker, all_events_uring_thread) { all_events("uring", FERRY_THREAD); }
-Test(loop_worker, all_events_uring_process) { all_events("uring", FERRY_PROCESS); }
-Test(loop_worker, all_events_epoll_thread) { all_events("epoll", FERRY_THREAD); }
-Test(loop_worker, all_events_epoll_process) { all_events("epoll", FERRY_PROCESS); }
+EACH_BACKEND(loop_worker, all_events)
 
 /* Ends with a code of its own after the parent read a while: exit is seen
  * when it happens (the loop sleeps until then). */
@@ -357,10 +362,7 @@ static void exit_code(const char *lb, int wb)
 	ferry_loop_destroy(loop);
 }
 
-Test(loop_worker, exit_code_uring_thread) { exit_code("uring", FERRY_THREAD); }
-Test(loop_worker, exit_code_uring_process) { exit_code("uring", FERRY_PROCESS); }
-Test(loop_worker, exit_code_epoll_thread) { exit_code("epoll", FERRY_THREAD); }
-Test(loop_worker, exit_code_epoll_process) { exit_code("epoll", FERRY_PROCESS); }
+EACH_BACKEND(loop_worker, exit_code)
 
 /* Blocked forever in ferry_wait: terminated from the ONLINE callback. */
 static int waits_forever(ferry_worker_ctx *ctx)
@@ -389,10 +391,7 @@ static void terminated(const char *lb, int wb)
 	ferry_loop_destroy(loop);
 }
 
-Test(loop_worker, terminated_uring_thread) { terminated("uring", FERRY_THREAD); }
-Test(loop_worker, terminated_uring_process) { terminated("uring", FERRY_PROCESS); }
-Test(loop_worker, terminated_epoll_thread) { terminated("epoll", FERRY_THREAD); }
-Test(loop_worker, terminated_epoll_process) { terminated("epoll", FERRY_PROCESS); }
+EACH_BACKEND(loop_worker, terminated)
 
 /* A process worker killed without closing its port: what it posted, then
  * EXIT with the signal (the pidfd, not the port, tells). */
@@ -455,10 +454,7 @@ static void late_and_restarted(const char *lb, int wb)
 	ferry_loop_destroy(loop);
 }
 
-Test(loop_worker, late_and_restarted_uring_thread) { late_and_restarted("uring", FERRY_THREAD); }
-Test(loop_worker, late_and_restarted_uring_process) { late_and_restarted("uring", FERRY_PROCESS); }
-Test(loop_worker, late_and_restarted_epoll_thread) { late_and_restarted("epoll", FERRY_THREAD); }
-Test(loop_worker, late_and_restarted_epoll_process) { late_and_restarted("epoll", FERRY_PROCESS); }
+EACH_BACKEND(loop_worker, late_and_restarted)
 
 Test(loop_worker, bad_args)
 {
@@ -528,7 +524,4 @@ static void terminate_in_loop(const char *lb, int wb)
 	ferry_worker_destroy(w);
 }
 
-Test(loop_worker, terminate_in_loop_uring_thread) { terminate_in_loop("uring", FERRY_THREAD); }
-Test(loop_worker, terminate_in_loop_epoll_thread) { terminate_in_loop("epoll", FERRY_THREAD); }
-Test(loop_worker, terminate_in_loop_uring_process) { terminate_in_loop("uring", FERRY_PROCESS); }
-Test(loop_worker, terminate_in_loop_epoll_process) { terminate_in_loop("epoll", FERRY_PROCESS); }
+EACH_BACKEND(loop_worker, terminate_in_loop)

@@ -264,8 +264,7 @@ static void destroy_running(int backend)
 	 * (thread: it returns 6 and ends) or kills it (process). */
 	ferry_worker_destroy(w);
 	/* Give a detached thread worker time to finish and release its port. */
-	for (int i = 0; i < 2000 && tu_count_fds() != base.fds; i++)
-		usleep(1000);
+	tu_baseline_settle(&base, 2000);
 }
 
 Test(worker, destroy_running_thread) { destroy_running(FERRY_THREAD); }
@@ -605,24 +604,6 @@ static void uncloneable_data_starts_nothing(int backend)
 Test(worker, uncloneable_data_starts_nothing_thread) { uncloneable_data_starts_nothing(FERRY_THREAD); }
 Test(worker, uncloneable_data_starts_nothing_process) { uncloneable_data_starts_nothing(FERRY_PROCESS); }
 
-static int count_open_files(ferry_worker_ctx *ctx)
-{
-	int n = 0;
-	while (n < 1000 && dup(0) >= 0)
-		n++;
-	ferry_port_post_bytes(ferry_worker_ctx_port(ctx), &n, sizeof n, FERRY_FOREVER);
-	return 0;
-}
-
-static int try_big_malloc(ferry_worker_ctx *ctx)
-{
-	void *big = malloc((size_t)1 << 30);
-	int got_big = big != NULL;
-	free(big);
-	ferry_port_post_bytes(ferry_worker_ctx_port(ctx), &got_big, sizeof got_big, FERRY_FOREVER);
-	return 0;
-}
-
 static int limit_result(const struct ferry_worker_opts *o)
 {
 	ferry_worker *w;
@@ -638,7 +619,7 @@ static int limit_result(const struct ferry_worker_opts *o)
 
 Test(worker, process_open_files_limit_applies)
 {
-	struct ferry_worker_opts o = { .backend = FERRY_PROCESS, .entry = count_open_files,
+	struct ferry_worker_opts o = { .backend = FERRY_PROCESS, .entry = tu_entry_count_open_files,
 				       .max_open_files = 32 };
 	int opened = limit_result(&o);
 	cr_assert_lt(opened, 32, "RLIMIT_NOFILE not applied: %d dups", opened);
@@ -657,7 +638,7 @@ Test(worker, process_address_space_limit_applies)
 {
 	if (UNDER_SANITIZER)
 		cr_skip("sanitizers reserve terabytes of shadow memory: no RLIMIT_AS under them");
-	struct ferry_worker_opts o = { .backend = FERRY_PROCESS, .entry = try_big_malloc,
+	struct ferry_worker_opts o = { .backend = FERRY_PROCESS, .entry = tu_entry_try_big_malloc,
 				       .max_address_space = (uint64_t)512 << 20 };
 	cr_assert_eq(limit_result(&o), 0, "RLIMIT_AS not applied: a 1 GiB malloc worked");
 	o.max_address_space = 0;

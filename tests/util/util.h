@@ -13,6 +13,24 @@ int tu_count_fds(void);
  * every ferry segment is one, so this counts leaked segments exactly. */
 int tu_count_maps(void);
 
+/*
+ * Live threads of this process: entries of /proc/self/task, less the ones
+ * already in the kernel's exit path (and io_uring's own workers). A raw
+ * count sees a joined thread for a while: pthread_join returns when the
+ * kernel clears the thread's tid, in exit_mm(), yet the task stays listed
+ * until release_task() (exit_files(), exit_task_work()... run in between,
+ * and a preempted thread can sit there for milliseconds). The kernel sets
+ * PF_EXITING before anything else in do_exit(), so a task that has it can
+ * never run user code again: it is no leak, and a thread that is still
+ * running (a helper nobody joined) is always counted. Exact, no waiting.
+ * Returns -1 when /proc is unreadable.
+ */
+int tu_count_threads(void);
+
+/* The names (comm) of the live threads, for a failure message; a static
+ * buffer, overwritten by the next call. */
+const char *tu_thread_names(void);
+
 /* Resource baseline: take one at the start, check it at the end. */
 struct tu_baseline {
 	int fds;
@@ -21,6 +39,13 @@ struct tu_baseline {
 void tu_baseline_take(struct tu_baseline *b);
 /* Criterion-asserts that fds and maps are back where @b says. */
 void tu_baseline_check(const struct tu_baseline *b);
+/*
+ * tu_baseline_settle - wait up to @timeout_ms for the fds and memfd maps to
+ * come back to @b, for what a thread that ends by itself releases (a thread
+ * worker destroyed while running is detached, and frees its half of the
+ * channel when it ends). Nothing is asserted: tu_baseline_check does that.
+ */
+void tu_baseline_settle(const struct tu_baseline *b, int timeout_ms);
 
 /*
  * tu_fork - fork a child that runs @fn(@arg) and leaves with _exit(its return
@@ -33,6 +58,14 @@ pid_t tu_fork(int (*fn)(void *), void *arg);
  * -1 on timeout (the child is then killed and reaped).
  */
 int tu_wait(pid_t pid, int timeout_ms);
+
+/* Worker entries for the resource-limit tests; each posts one int to its
+ * parent and returns 0. */
+struct ferry_worker_ctx;
+/* How many more fds dup(0) opens (up to 1000): the worker's RLIMIT_NOFILE. */
+int tu_entry_count_open_files(struct ferry_worker_ctx *ctx);
+/* Whether a 1 GiB malloc succeeds: the worker's RLIMIT_AS. */
+int tu_entry_try_big_malloc(struct ferry_worker_ctx *ctx);
 
 /* A shared anonymous mapping (survives fork), @size bytes, zeroed. */
 void *tu_shared_alloc(size_t size);
