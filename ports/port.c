@@ -6,11 +6,21 @@
  * spin cost), then announces its sleep on the eventcount and sleeps; the
  * other side pays the futex syscall only when it sees the announcement.
  *
- * A dead peer process cannot notify anyone, so a sleeper never sleeps longer
- * than FERRY_PORT_LIVENESS_NS at a time: after each slice it asks its end of
- * the control socket pair whether the other end hung up. The peer's end is
- * held only by the peer's process (runtime/ drops the copies a fork leaves),
- * so a hang-up means the peer is gone, and nothing it posts will follow.
+ * A dead peer process cannot notify anyone, but its end of the control
+ * socket pair hangs up when it dies: held only by the peer's process
+ * (runtime/ drops the copies a fork leaves), so a hang-up means the peer is
+ * gone, and nothing it posts will follow. So the sleep itself is on that
+ * socket: the sleeper asks the other side for a 1-byte wake (the same word
+ * protocol as the eventcount) and polls for it and for the hang-up at once;
+ * the peer's death ends the sleep the moment the kernel closes its fds, with
+ * no slices while it lives. A second thread of the same port (receiver and
+ * blocked sender at once) sleeps on its eventcount, covered by the first.
+ * A producer that has not posted through ferry_port_post* yet (one that
+ * drives the ring itself and only notifies the eventcount never does), a
+ * thread worker that may be terminated (terminate wakes futexes) and a
+ * blocked sender on a port an outside poller watches sleep on the
+ * eventcount for FERRY_PORT_LIVENESS_NS at most, with a look at the socket
+ * between slices.
  */
 #include "ports/port_int.h"
 #include "shm/cancel.h"
@@ -25,9 +35,15 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define DEFAULT_SPIN_NS (20 * 1000)
+/* struct ferry_port.sock_sleeper: who sleeps on the control socket. */
+#define SOCK_RX 1 /* a receiver, for a record */
+#define SOCK_TX 2 /* a sender, for room in the ring */
+
+static inline void announce_wakes(ferry_port *p);
 #define HDR_BYTES 4096u
 
 
@@ -118,6 +134,8 @@ static int port_open(ferry_port **out, ferry_seg *seg, const struct chan_hdr *h,
 	p->spin_ns = DEFAULT_SPIN_NS;
 	p->max_msg = ferry_ring_spsc_max_record(p->tx) - sizeof(struct wire_hdr);
 	p->max_message = FERRY_MESSAGE_MAX_DEFAULT;
+	/* This port's consume() answers the producer's space word. */
+	atomic_fetch_or_explicit(&p->rxd->wakes, CHAN_WAKES_SPACE, memory_order_relaxed);
 	registry_add(p);
 	*out = p;
 	return 0;
@@ -181,8 +199,11 @@ int ferry__port_import(ferry_port **out, int seg_fd, int sock, uint32_t side)
 	if (rc) {
 		ferry_seg_unref(seg);
 		close(sock);
+		return rc;
 	}
-	return rc;
+	/* Imported by ferry: this end's posts will answer wakes. */
+	announce_wakes(*out);
+	return 0;
 }
 
 int ferry__port_same_channel(const ferry_port *a, const ferry_port *b)
@@ -254,6 +275,8 @@ FERRY_API int ferry_channel(ferry_port **a, ferry_port **b, const struct ferry_c
 	return rc;
 }
 
+static enum ctl_head ctl_peek_raw(ferry_port *p, struct fd_batch *bh);
+
 /* Has the peer's end of the control socket hung up? Sticky once seen. */
 static int peer_hung_up(ferry_port *p)
 {
@@ -285,12 +308,144 @@ static int attempt_once(ferry_port *p, int (*attempt)(ferry_port *, void *), voi
 	return rc;
 }
 
+/* The peer is gone: one last attempt delivers what it fully committed. */
+static int last_attempt(ferry_port *p, int (*attempt)(ferry_port *, void *), void *arg)
+{
+	int rc = attempt_once(p, attempt, arg);
+	return rc == -EAGAIN ? -EPIPE : rc;
+}
+
+/* The eventcount the other role of this port sleeps on. */
+static struct ferry_ec *other_ec(ferry_port *p, int role)
+{
+	return role == SOCK_RX ? &p->txd->space_ec : &p->rxd->data_ec;
+}
+
+/* The peer hung up, seen by the socket sleeper: wake the thread that may
+ * sleep on the other eventcount (it relies on us to tell it). */
+static void mark_gone(ferry_port *p)
+{
+	atomic_store_explicit(&p->peer_gone, 1, memory_order_relaxed);
+	ferry_ec_notify(&p->rxd->data_ec);
+	ferry_ec_notify(&p->txd->space_ec);
+}
+
+/*
+ * May this thread sleep on the control socket in @role? Not without a
+ * socket; not on a thread worker that may be terminated (terminate wakes
+ * futexes: it sleeps with futex_waitv on its eventcount and stop flag, see
+ * shm/atomic.c); and not as a blocked sender on a port whose fd an outside
+ * poller drains (ferry_port_fd: the wakes there are the poller's to take).
+ */
+static int sock_allowed(ferry_port *p, int role)
+{
+	if (p->sock < 0 || ferry__cancel_flag)
+		return 0;
+	if (role == SOCK_RX)
+		return atomic_load_explicit(&p->rxd->wakes, memory_order_relaxed) & CHAN_WAKES_DATA;
+	return !p->fd_mode && (atomic_load_explicit(&p->txd->wakes, memory_order_relaxed) & CHAN_WAKES_SPACE);
+}
+
+/* The word that asks the other side for a wake on the control socket. */
+static _Atomic uint32_t *wake_word(ferry_port *p, int role)
+{
+	return role == SOCK_RX ? &p->rxd->fd_waiting : &p->txd->space_waiting;
+}
+
+/*
+ * Drop what heads the control socket and no message will claim; say what
+ * is left at its head. Only the socket sleeper itself calls this directly
+ * (the others go through ferry__port_ctl_peek, which leaves a blocked
+ * sender's wakes to it).
+ */
+static enum ctl_head drain_head(ferry_port *p)
+{
+	for (int i = 0; i < FERRY_CTL_DROP_MAX; i++) {
+		struct fd_batch bh;
+		enum ctl_head h = ctl_peek_raw(p, &bh);
+		if (h == CTL_NONE || h == CTL_EOF)
+			return h;
+		if (h == CTL_BATCH && !ferry__port_batch_stale(p, bh.seq))
+			return h; /* a record may still claim it: it is on its way */
+		ferry__port_ctl_drop(p);
+		if (h == CTL_WAKE)
+			return CTL_NONE; /* the usual case; anything behind it makes the poll return */
+	}
+	return CTL_JUNK;
+}
+
+/*
+ * One sleep on the control socket, which carries both what can end it: the
+ * 1-byte wake the other side sends after its commit (@role SOCK_RX: it
+ * reads rxd->fd_waiting) or its release (SOCK_TX: txd->space_waiting), and
+ * the hang-up of its end when its process dies. The wake word follows the
+ * eventcount's protocol: announce (seq_cst), re-check, sleep; the other
+ * side loads the word after its commit and its seq_cst fence (in
+ * ferry_ec_notify), so one of the two sees the other. Returns the attempt's
+ * result, -EPIPE after a last attempt when the peer is gone, -EAGAIN to go
+ * round again, or 1 when this turn must sleep on the eventcount instead (a
+ * batch or junk heads the socket and would keep it readable).
+ */
+static int sleep_on_sock(ferry_port *p, int role, int (*attempt)(ferry_port *, void *), void *arg,
+			 int64_t now, int64_t deadline)
+{
+	enum ctl_head h = drain_head(p);
+	if (h == CTL_EOF) {
+		mark_gone(p);
+		return last_attempt(p, attempt, arg);
+	}
+	if (h != CTL_NONE)
+		return 1;
+	_Atomic uint32_t *word = wake_word(p, role);
+	atomic_store_explicit(word, 1, memory_order_seq_cst);
+	ferry__full_fence();
+	int rc = attempt_once(p, attempt, arg);
+	if (rc != -EAGAIN) {
+		atomic_store_explicit(word, 0, memory_order_relaxed);
+		return rc;
+	}
+	struct pollfd pfd = { .fd = p->sock, .events = POLLIN | POLLRDHUP };
+	struct timespec ts, *tsp = NULL;
+	if (deadline != INT64_MAX) {
+		int64_t left = deadline - now;
+		ts.tv_sec = (time_t)(left / 1000000000);
+		ts.tv_nsec = (long)(left % 1000000000);
+		tsp = &ts;
+	}
+	int n = ppoll(&pfd, 1, tsp, NULL);
+	/* Awake: a wake the other side still sends is wasted (dropped at the
+	 * next sleep), so stop asking for one. */
+	atomic_store_explicit(word, 0, memory_order_relaxed);
+	if (n > 0 && (pfd.revents & (POLLHUP | POLLRDHUP | POLLERR | POLLNVAL))) {
+		mark_gone(p);
+		return last_attempt(p, attempt, arg);
+	}
+	return -EAGAIN;
+}
+
+/* Leave the socket to the other role: wake it if it sleeps on its
+ * eventcount, so that it takes the socket over (seq_cst store, then the
+ * fence in ferry_ec_notify; the other side prepares, then loads). */
+static void sock_release(ferry_port *p, int role)
+{
+	atomic_store_explicit(&p->sock_sleeper, 0, memory_order_seq_cst);
+	ferry_ec_notify(other_ec(p, role));
+}
+
 /*
  * Wait until @attempt(p, arg) stops returning -EAGAIN, following the port's
  * wait mode; @ec is the eventcount the other side notifies when the attempt
  * may succeed. Returns the attempt's result, -EAGAIN (timeout 0), -ETIMEDOUT,
  * or -EPIPE when the peer is gone and a last attempt still finds nothing;
  * -EPROTO, without an attempt, once a ring of the channel was found corrupt.
+ *
+ * After the spin, one thread of the port sleeps on the control socket (the
+ * wake and the peer's death in one fd: no slices); a second one (the
+ * receiver while the sender is blocked, or the reverse) sleeps on its
+ * eventcount, and the socket sleeper wakes it when the peer hangs up or
+ * when it leaves the socket. Only where no socket sleeper can be does a
+ * sleep last FERRY_PORT_LIVENESS_NS at most, with a look at the socket
+ * between slices.
  */
 int ferry__port_wait(ferry_port *p, struct ferry_ec *ec, int (*attempt)(ferry_port *, void *),
 		      void *arg, int64_t timeout_ns)
@@ -298,15 +453,20 @@ int ferry__port_wait(ferry_port *p, struct ferry_ec *ec, int (*attempt)(ferry_po
 	int rc = corrupt_before(p);
 	if (rc)
 		return rc;
+	/* A post (every post reserves through here): tell the consumer, before
+	 * the commit it may wake for, that this end answers its wake word. */
+	if (ec == &p->txd->space_ec)
+		announce_wakes(p);
 	rc = attempt_once(p, attempt, arg);
 	if (rc != -EAGAIN || timeout_ns == 0)
 		return rc;
 	int64_t now = ferry__now_ns();
-	int64_t deadline = timeout_ns < 0 ? INT64_MAX : now + timeout_ns;
+	int64_t deadline = timeout_ns < 0 || timeout_ns > INT64_MAX - now ? INT64_MAX : now + timeout_ns;
 	int64_t spin_until = p->mode == FERRY_WAIT_BLOCK ? now
 			   : p->mode == FERRY_WAIT_SPIN ? INT64_MAX
 			   : now + p->spin_ns;
 	int64_t next_liveness = now + FERRY_PORT_LIVENESS_NS;
+	int role = ec == &p->rxd->data_ec ? SOCK_RX : SOCK_TX;
 
 	for (unsigned i = 1;; i++) {
 		rc = attempt_once(p, attempt, arg);
@@ -326,27 +486,66 @@ int ferry__port_wait(ferry_port *p, struct ferry_ec *ec, int (*attempt)(ferry_po
 		now = ferry__now_ns();
 		if (now >= deadline)
 			return -ETIMEDOUT;
+		if (ferry__port_gone(p))
+			return last_attempt(p, attempt, arg);
 		if (now >= next_liveness) {
+			/* A spinner (FERRY_WAIT_SPIN) never sleeps on the socket. */
 			next_liveness = now + FERRY_PORT_LIVENESS_NS;
-			if (peer_hung_up(p)) {
-				rc = attempt_once(p, attempt, arg);
-				return rc == -EAGAIN ? -EPIPE : rc;
-			}
+			if (peer_hung_up(p))
+				return last_attempt(p, attempt, arg);
 		}
 		if (now < spin_until) {
 			ferry__cpu_relax();
 			continue;
 		}
-		/* Announce the sleep, re-check, then sleep one liveness slice at most. */
 		ferry__cancel_point();
+		int allowed = sock_allowed(p, role), fell_back = 0;
+		if (allowed) {
+			int expect = 0;
+			if (atomic_compare_exchange_strong_explicit(&p->sock_sleeper, &expect, role,
+								    memory_order_seq_cst,
+								    memory_order_relaxed)) {
+				rc = sleep_on_sock(p, role, attempt, arg, now, deadline);
+				sock_release(p, role);
+				if (rc <= 0) {
+					if (rc != -EAGAIN)
+						return rc;
+					ferry__cancel_point();
+					now = ferry__now_ns();
+					if (p->mode == FERRY_WAIT_ADAPTIVE)
+						spin_until = now + p->spin_ns / 4;
+					continue;
+				}
+				/* 1: sleep on the eventcount this turn, one slice at most. */
+				fell_back = 1;
+			}
+		}
+		/* Announce the sleep, re-check, then sleep on the eventcount. */
 		uint32_t key = ferry_ec_prepare(ec);
 		rc = attempt_once(p, attempt, arg);
 		if (rc != -EAGAIN) {
 			ferry_ec_cancel(ec);
 			return rc;
 		}
-		int64_t until = next_liveness < deadline ? next_liveness : deadline;
-		ferry_ec_wait(ec, key, ferry__cancel_slice(until - now));
+		if (ferry__port_gone(p)) {
+			ferry_ec_cancel(ec);
+			return last_attempt(p, attempt, arg);
+		}
+		/* Covered: the other role sleeps on the socket and wakes us when
+		 * the peer hangs up or when it leaves the socket to us. */
+		int holder = atomic_load_explicit(&p->sock_sleeper, memory_order_seq_cst);
+		if (allowed && holder == 0 && !fell_back) {
+			ferry_ec_cancel(ec);
+			continue; /* the socket is free again: take it */
+		}
+		int64_t until = deadline;
+		if (holder == 0) { /* nobody on the socket: look now and then */
+			if (next_liveness <= now)
+				next_liveness = now + FERRY_PORT_LIVENESS_NS;
+			if (next_liveness < until)
+				until = next_liveness;
+		}
+		ferry_ec_wait(ec, key, until == INT64_MAX ? FERRY_FOREVER : until - now);
 		ferry__cancel_point();
 		now = ferry__now_ns();
 		/* Woken by a notify: the next message often follows closely, so an
@@ -449,8 +648,18 @@ static int arm_fd(ferry_port *p, const void **rec)
 	return rc;
 }
 
+/* This end is driven by ferry: its posts answer the consumer's wake word. */
+static inline void announce_wakes(ferry_port *p)
+{
+	if (FERRY_UNLIKELY(!(atomic_load_explicit(&p->txd->wakes, memory_order_relaxed) & CHAN_WAKES_DATA)))
+		atomic_fetch_or_explicit(&p->txd->wakes, CHAN_WAKES_DATA, memory_order_relaxed);
+}
+
 void ferry__port_wake_fd(ferry_port *p)
 {
+	/* Tell the consumer once that we answer its wake word (after this
+	 * commit's notify woke it, it may sleep on the socket). */
+	announce_wakes(p);
 	/* Ordered after the commit by the seq_cst fence in ferry_ec_notify. */
 	if (!atomic_load_explicit(&p->txd->fd_waiting, memory_order_relaxed))
 		return;
@@ -463,13 +672,30 @@ void ferry__port_wake_fd(ferry_port *p)
 
 enum ctl_head ferry__port_ctl_peek(ferry_port *p, struct fd_batch *bh)
 {
+	for (;;) {
+		enum ctl_head h = ctl_peek_raw(p, bh);
+		/* A sender blocked on a full ring sleeps on the socket for a wake
+		 * like this one: it takes wakes itself (its poll returns at once
+		 * while one is queued), or it could sleep through the one meant
+		 * for it. A receiver that finds one ahead of its fds lets it. */
+		if (h != CTL_WAKE || atomic_load_explicit(&p->sock_sleeper, memory_order_seq_cst) != SOCK_TX)
+			return h;
+		sched_yield();
+	}
+}
+
+static enum ctl_head ctl_peek_raw(ferry_port *p, struct fd_batch *bh)
+{
 	unsigned char buf[sizeof(struct fd_frame) + sizeof(struct fd_batch) + 1];
 	ssize_t n;
 	/* MSG_PEEK without a control buffer installs none of the packet's fds;
 	 * MSG_TRUNC gives its real length, so a long packet is seen as such. */
+	/* ECONNRESET: the peer closed with packets of ours unread (wakes, say).
+	 * It is reported once, ahead of what is queued here: look again, or
+	 * a batch it sent before it died would read as missing. */
 	do
 		n = recv(p->sock, buf, sizeof buf, MSG_PEEK | MSG_DONTWAIT | MSG_TRUNC);
-	while (n < 0 && errno == EINTR);
+	while (n < 0 && (errno == EINTR || errno == ECONNRESET));
 	if (n < 0)
 		return errno == EAGAIN || errno == EWOULDBLOCK ? CTL_NONE : CTL_EOF;
 	if (n == 0) {
@@ -533,6 +759,13 @@ static void consume(ferry_port *p)
 {
 	ferry_ring_spsc_view_release(&p->rxv);
 	ferry_ec_notify(&p->rxd->space_ec);
+	/* A sender blocked on the full ring may sleep on its control socket:
+	 * ordered after the release by the seq_cst fence in ferry_ec_notify. */
+	if (atomic_load_explicit(&p->rxd->space_waiting, memory_order_relaxed) &&
+	    atomic_exchange_explicit(&p->rxd->space_waiting, 0, memory_order_relaxed)) {
+		char w = 's';
+		send(p->sock, &w, 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+	}
 }
 
 FERRY_API int ferry_port_recv(ferry_port *p, ferry_msg **msg, int64_t timeout_ns)
@@ -567,6 +800,7 @@ int ferry__port_recv_any(ferry_port *p, ferry_msg **msg, int64_t timeout_ns)
 	*msg = NULL;
 	if (p->detached)
 		return ferry__fail(FERRY_EDETACHED, "ferry_port_recv: the port was transferred away");
+	announce_wakes(p);
 	int64_t deadline = timeout_ns > 0 ? ferry__now_ns() + timeout_ns : 0;
 	for (;;) {
 		int64_t left = timeout_ns;
@@ -681,7 +915,8 @@ FERRY_API void ferry_port_close(ferry_port *p)
 	ferry_ec_notify(&p->txd->space_ec);
 	ferry_ec_notify(&p->rxd->data_ec);
 	ferry_ec_notify(&p->rxd->space_ec);
-	/* Tell a peer that sleeps through a liveness slice as well. */
+	/* The peer's socket sleeper (and a loop watching its fd) sees the
+	 * hang-up; a peer in a sliced sleep notices at its next look. */
 	if (p->sock >= 0)
 		shutdown(p->sock, SHUT_RDWR);
 }

@@ -13,7 +13,7 @@
 #include <stdint.h>
 
 #define FERRY_CHAN_MAGIC 0x6672796368616e31ull /* "frychan1" */
-#define FERRY_CHAN_VERSION 1u
+#define FERRY_CHAN_VERSION 2u /* 2: space_waiting */
 
 /*
  * The channel segment: this header on its own page, then ring[0] (side 0
@@ -32,7 +32,20 @@ struct chan_dir {
 	 * instead of the eventcount; the producer then sends a 1-byte wake on
 	 * the control socket. Beside data_ec: the producer reads both. */
 	_Atomic uint32_t fd_waiting;
+	/* Set by the producer when it sleeps on its control socket for room
+	 * in the ring (ports/port.c); the consumer then sends a 1-byte wake
+	 * after its release. */
+	_Atomic uint32_t space_waiting;
+	/* The two ends answer the words above with socket wakes: bit 0 set by
+	 * the producer's port once ferry drives it (its first post or receive,
+	 * or its import), bit 1 by the consumer when its port is opened. A
+	 * side that drives the ring by hand and only notifies the eventcount
+	 * never sets its bit, and is slept on with liveness slices. */
+	_Atomic uint32_t wakes;
 };
+
+#define CHAN_WAKES_DATA 1u  /* the producer sends wakes after a commit */
+#define CHAN_WAKES_SPACE 2u /* the consumer sends wakes after a release */
 
 struct chan_hdr {
 	uint64_t magic;
@@ -82,6 +95,10 @@ struct ferry_port {
 	 * in shared memory, so that a peer that repairs the ring and clears its
 	 * closed words cannot reopen the channel: every later call is -EPROTO. */
 	atomic_int corrupt;
+	/* Which thread of this process sleeps on the control socket (SOCK_RX,
+	 * SOCK_TX), 0 for none: at most one at a time, the other sleeps on its
+	 * eventcount and relies on this one to see the peer hang up. */
+	atomic_int sock_sleeper;
 	enum ferry_wait_mode mode;
 	int64_t spin_ns;
 	size_t max_msg;             /* largest raw record payload the ring takes */
