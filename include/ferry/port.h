@@ -8,15 +8,19 @@
  * ports may live in two threads, or in two processes after a fork.
  *
  * Waiting: a receiver (or a sender facing a full ring) spins for a short
- * budget, then announces that it sleeps and sleeps on the eventcount; the
- * other side makes a syscall only when someone sleeps. The mode is per port:
+ * budget, then announces that it sleeps and sleeps on the channel's control
+ * socket (or its eventcount); the other side makes a syscall only when
+ * someone sleeps. The mode is per port:
  * FERRY_WAIT_ADAPTIVE (default), FERRY_WAIT_SPIN (never sleeps: lowest
  * latency, burns a core), FERRY_WAIT_BLOCK (sleeps at once).
  *
  * Closing: ferry_port_close() on one side delivers everything posted before
  * it; then the peer's recv returns -EPIPE, and posting to a closed channel
- * returns -EPIPE. A peer process that dies is reported the same way within a
- * bounded time (FERRY_PORT_LIVENESS_NS), never waited on forever.
+ * returns -EPIPE. A peer process that dies is reported the same way: a
+ * sleeper wakes on the control socket's hang-up at once, after the messages
+ * the peer fully posted. Only a peer that never used its end through ferry,
+ * a spinner (FERRY_WAIT_SPIN) and a few fallbacks (docs/design.md,
+ * "Liveness") look every FERRY_PORT_LIVENESS_NS instead; nobody waits forever.
  *
  * Threads: one thread posts on a port at a time, and one receives; a port may
  * be used by a different thread at a different time. Messages arrive in post
@@ -43,7 +47,8 @@ enum ferry_wait_mode {
 	FERRY_WAIT_BLOCK = 2,    /**< sleep at once */
 };
 
-/** How long a sleeping port may take to notice that its peer process died. */
+/** The longest a waiter that cannot sleep on the control socket (a spinner,
+ * or a peer that never used its end) takes to notice its peer process died. */
 #define FERRY_PORT_LIVENESS_NS (50 * 1000 * 1000)
 
 /** Default ring size each way. */

@@ -24,7 +24,8 @@
  * A process worker leaves with _exit(code) once its entry returns: it never
  * returns into the caller's stack. Its port is closed on the way out, so the
  * parent receives what it posted, then -EPIPE; if it crashes, the same
- * holds for the messages it had fully posted, within FERRY_PORT_LIVENESS_NS.
+ * holds for the messages it had fully posted, and a parent blocked on the
+ * port learns it at once (the control socket hangs up).
  *
  * Fork rules: a direct fork of the calling process is safe from a
  * single-threaded parent. From a multithreaded one the child may only use
