@@ -110,19 +110,6 @@ static uint64_t pay_time_cap(const struct bench_ctx *ctx)
 	return bench_ticks((ctx->quick ? 1000LL : 2000LL) * 1000 * 1000);
 }
 
-/* ---- errors ---- */
-
-static int pay_ferry_fail(struct bench_ctx *ctx, int r, const char *what)
-{
-	const char *detail = ferry_errmsg();
-	int has = detail && *detail;
-	if (r == -ETIMEDOUT)
-		return bench_failx(ctx, r, "%s: no answer within %.1f s", what,
-				   (double)ctx->peer_timeout_ns / 1e9);
-	return bench_failx(ctx, r, "%s: %s%s%s%s", what, ferry_strerror(r), has ? " (" : "",
-			   has ? detail : "", has ? ")" : "");
-}
-
 /* ---- the memcpy floor ---- */
 
 static void *pay_map(size_t len)
@@ -325,10 +312,10 @@ static int pw_start(struct bench_ctx *ctx, const struct pay_param *prm, ferry_wo
 	};
 	int r = ferry_worker_spawn(w, &o);
 	if (r)
-		return pay_ferry_fail(ctx, r, "ferry_worker_spawn");
+		return bench_ferry_fail(ctx, r, "ferry_worker_spawn");
 	r = ferry_port_set_wait(ferry_worker_port(*w), prm->mode, 0);
 	if (r)
-		return pay_ferry_fail(ctx, r, "ferry_port_set_wait");
+		return bench_ferry_fail(ctx, r, "ferry_port_set_wait");
 	return 0;
 }
 
@@ -341,7 +328,7 @@ static int pw_finish(struct bench_ctx *ctx, ferry_worker *w, int r)
 		char end = 0;
 		int er = ferry_port_post_bytes(p, &end, 0, ctx->peer_timeout_ns);
 		if (er)
-			r = pay_ferry_fail(ctx, er, "ferry_port_post_bytes of the end message");
+			r = bench_ferry_fail(ctx, er, "ferry_port_post_bytes of the end message");
 	}
 	ferry_port_close(p); /* a worker still waiting sees -EPIPE at once */
 	struct ferry_worker_status st;
@@ -354,7 +341,7 @@ static int pw_finish(struct bench_ctx *ctx, ferry_worker *w, int r)
 	if (r)
 		return r;
 	if (jr)
-		return pay_ferry_fail(ctx, jr, "ferry_worker_join");
+		return bench_ferry_fail(ctx, jr, "ferry_worker_join");
 	if (st.code)
 		return bench_failx(ctx, -EPROTO, "worker exited with code %d%s", st.code,
 				   pw_code_name(st.code));
@@ -515,7 +502,7 @@ static ferry_buf *pay_reply_buf(struct bench_ctx *ctx, const struct pay_state *s
 static int pay_recv(struct bench_ctx *ctx, ferry_port *p, ferry_msg **m)
 {
 	int r = ferry_port_recv(p, m, ctx->peer_timeout_ns);
-	return r ? pay_ferry_fail(ctx, r, "ferry_port_recv") : 0;
+	return r ? bench_ferry_fail(ctx, r, "ferry_port_recv") : 0;
 }
 
 /* A raw reply of @len bytes, freed. */
@@ -548,14 +535,14 @@ static int pay_round(struct bench_ctx *ctx, struct pay_state *st, int verify)
 		static const char msg[RAW_BYTES] = "payload";
 		r = ferry_port_post_bytes(p, msg, sizeof msg, ctx->peer_timeout_ns);
 		if (r)
-			return pay_ferry_fail(ctx, r, "ferry_port_post_bytes");
+			return bench_ferry_fail(ctx, r, "ferry_port_post_bytes");
 		return pay_recv_raw(ctx, p, RAW_BYTES);
 	}
 	case PK_CLONE:
 	case PK_OBJECT:
 		r = ferry_port_post(p, st->val, NULL, ctx->peer_timeout_ns);
 		if (r)
-			return pay_ferry_fail(ctx, r, "ferry_port_post");
+			return bench_ferry_fail(ctx, r, "ferry_port_post");
 		if ((r = pay_recv(ctx, p, &m)))
 			return r;
 		if (prm->kind == PK_CLONE) {
@@ -570,13 +557,13 @@ static int pay_round(struct bench_ctx *ctx, struct pay_state *st, int verify)
 		/* One logical buffer: this handle goes, the reply's comes back. */
 		ferry_value *v = ferry_value_handle(FERRY_VALUE_BUF, st->buf);
 		if (!v)
-			return pay_ferry_fail(ctx, -ENOMEM, "ferry_value_handle");
+			return bench_ferry_fail(ctx, -ENOMEM, "ferry_value_handle");
 		ferry_buf *const list[1] = { st->buf };
 		struct ferry_xfer x = { .bufs = list, .nbufs = 1 };
 		r = ferry_port_post(p, v, &x, ctx->peer_timeout_ns);
 		ferry_value_free(v);
 		if (r)
-			return pay_ferry_fail(ctx, r, "ferry_port_post with a transfer list");
+			return bench_ferry_fail(ctx, r, "ferry_port_post with a transfer list");
 		ferry_buf_free(st->buf); /* the detached handle */
 		st->buf = NULL;
 		if ((r = pay_recv(ctx, p, &m)))
@@ -585,7 +572,7 @@ static int pay_round(struct bench_ctx *ctx, struct pay_state *st, int verify)
 		if (!h) {
 			r = -EBADMSG;
 		} else if ((r = ferry_msg_keep(m, h)) != 0) {
-			r = pay_ferry_fail(ctx, r, "ferry_msg_keep");
+			r = bench_ferry_fail(ctx, r, "ferry_msg_keep");
 		} else {
 			st->buf = h;
 		}
@@ -598,7 +585,7 @@ static int pay_round(struct bench_ctx *ctx, struct pay_state *st, int verify)
 		memcpy(d, &want, sizeof want);
 		r = ferry_port_post(p, st->val, NULL, ctx->peer_timeout_ns);
 		if (r)
-			return pay_ferry_fail(ctx, r, "ferry_port_post of a shared buffer");
+			return bench_ferry_fail(ctx, r, "ferry_port_post of a shared buffer");
 		if ((r = pay_recv_raw(ctx, p, ACK_BYTES)))
 			return r;
 		memcpy(&got, d + sizeof got, sizeof got);
@@ -611,7 +598,7 @@ static int pay_round(struct bench_ctx *ctx, struct pay_state *st, int verify)
 	case PK_ONEWAY:
 		r = ferry_port_post(p, st->val, NULL, ctx->peer_timeout_ns);
 		if (r)
-			return pay_ferry_fail(ctx, r, "ferry_port_post");
+			return bench_ferry_fail(ctx, r, "ferry_port_post");
 		return pay_recv_raw(ctx, p, ACK_BYTES);
 	case PK_MEMCPY:
 		break;
@@ -641,23 +628,23 @@ static int pay_setup(struct bench_ctx *ctx, struct pay_state *st)
 	case PK_ONEWAY:
 		r = ferry_buf_create(&st->buf, size, prm->kind == PK_SHARED ? FERRY_BUF_SHARED : 0);
 		if (r)
-			return pay_ferry_fail(ctx, r, "ferry_buf_create");
+			return bench_ferry_fail(ctx, r, "ferry_buf_create");
 		pay_fill(ferry_buf_data(st->buf), size);
 		if (prm->kind == PK_XFER)
 			return 0; /* a value per round: the handle changes each time */
 		st->val = ferry_value_handle(
 			prm->kind == PK_SHARED ? FERRY_VALUE_SHARED : FERRY_VALUE_BUF, st->buf);
 		if (!st->val)
-			return pay_ferry_fail(ctx, -ENOMEM, "ferry_value_handle");
+			return bench_ferry_fail(ctx, -ENOMEM, "ferry_value_handle");
 		return 0;
 	case PK_OBJECT: {
 		st->val = obj_build();
 		if (!st->val)
-			return pay_ferry_fail(ctx, -ENOMEM, "building the object");
+			return bench_ferry_fail(ctx, -ENOMEM, "building the object");
 		size_t len = 0;
 		r = ferry_clone_size(st->val, &len, NULL);
 		if (r)
-			return pay_ferry_fail(ctx, r, "ferry_clone_size of the object");
+			return bench_ferry_fail(ctx, r, "ferry_clone_size of the object");
 		if (len < 900 || len > 1200)
 			return bench_failx(ctx, -EINVAL, "the object is %zu bytes of CBOR, not ~1 KiB",
 					   len);
