@@ -203,21 +203,32 @@ static void kill_blocked_receiver(ferry_port *p, pid_t pid, struct shared *sh, e
 	cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "the peer ended on its own: 0x%x", st);
 }
 
+/* A channel whose other end lives in a forked child running @body (which
+ * keeps only that end and leaves with _exit); *mine gets this end. */
+typedef int (*peer_body)(ferry_port *, struct shared *, int);
+static pid_t fork_peer(ferry_port **mine, const struct ferry_channel_opts *o, peer_body body,
+		       struct shared *sh, int arg)
+{
+	ferry_port *theirs;
+	cr_assert_eq(ferry_channel(mine, &theirs, o), 0, "%s", ferry_errmsg());
+	fflush(NULL);
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		ferry__port_keep_only(theirs);
+		_exit(body(theirs, sh, arg));
+	}
+	ferry__port_forget(theirs);
+	return pid;
+}
+
 /* ---- a forked child holds the other end ---- */
 
 static void forked_peer(enum ferry_wait_mode mode)
 {
 	struct shared *sh = tu_shared_alloc(sizeof *sh);
-	ferry_port *a, *b;
-	cr_assert_eq(ferry_channel(&a, &b, NULL), 0, "%s", ferry_errmsg());
-	fflush(NULL);
-	pid_t pid = fork();
-	cr_assert_geq(pid, 0);
-	if (pid == 0) {
-		ferry__port_keep_only(b);
-		_exit(post_all(b, sh, 0));
-	}
-	ferry__port_forget(b);
+	ferry_port *a;
+	pid_t pid = fork_peer(&a, NULL, post_all, sh, 0);
 	kill_blocked_receiver(a, pid, sh, mode);
 	ferry_port_destroy(a);
 	tu_shared_free(sh, sizeof *sh);
@@ -228,8 +239,9 @@ Test(deadpeer, forked_peer_killed_adaptive) { forked_peer(FERRY_WAIT_ADAPTIVE); 
 
 /* ---- the port travelled in a message to the process that dies ---- */
 
-static int take_port_and_post(ferry_port *ctl, struct shared *sh)
+static int take_port_and_post(ferry_port *ctl, struct shared *sh, int unused)
 {
+	(void)unused;
 	ferry_msg *m = NULL;
 	if (ferry_port_recv(ctl, &m, 10 * SEC))
 		return 20;
@@ -244,16 +256,8 @@ static int take_port_and_post(ferry_port *ctl, struct shared *sh)
 static void travelled_port(enum ferry_wait_mode mode)
 {
 	struct shared *sh = tu_shared_alloc(sizeof *sh);
-	ferry_port *c0, *c1;
-	cr_assert_eq(ferry_channel(&c0, &c1, NULL), 0, "%s", ferry_errmsg());
-	fflush(NULL);
-	pid_t pid = fork();
-	cr_assert_geq(pid, 0);
-	if (pid == 0) {
-		ferry__port_keep_only(c1);
-		_exit(take_port_and_post(c1, sh));
-	}
-	ferry__port_forget(c1);
+	ferry_port *c0;
+	pid_t pid = fork_peer(&c0, NULL, take_port_and_post, sh, 0);
 	/* The channel is made after the fork: only the message takes its
 	 * other end to the child. */
 	ferry_port *a, *b;
@@ -317,9 +321,10 @@ Test(deadpeer, endpoint_client_killed_adaptive) { endpoint_client(FERRY_WAIT_ADA
 
 /* ---- a sender blocked on a full ring ---- */
 
-static int never_reads(ferry_port *p, struct shared *sh)
+static int never_reads(ferry_port *p, struct shared *sh, int unused)
 {
 	(void)p;
+	(void)unused;
 	atomic_store(&sh->posted, 1);
 	for (;;)
 		pause();
@@ -352,16 +357,8 @@ static void blocked_sender(enum ferry_wait_mode mode)
 {
 	struct shared *sh = tu_shared_alloc(sizeof *sh);
 	struct ferry_channel_opts o = { .ring_bytes = 4096 };
-	ferry_port *a, *b;
-	cr_assert_eq(ferry_channel(&a, &b, &o), 0, "%s", ferry_errmsg());
-	fflush(NULL);
-	pid_t pid = fork();
-	cr_assert_geq(pid, 0);
-	if (pid == 0) {
-		ferry__port_keep_only(b);
-		_exit(never_reads(b, sh));
-	}
-	ferry__port_forget(b);
+	ferry_port *a;
+	pid_t pid = fork_peer(&a, &o, never_reads, sh, 0);
 	cr_assert_eq(ferry_port_set_wait(a, mode, 0), 0);
 	await_flag(&sh->posted, 1);
 	struct tx t = { .p = a };
@@ -405,16 +402,8 @@ Test(deadpeer, blocked_sender_adaptive) { blocked_sender(FERRY_WAIT_ADAPTIVE); }
 static void stopped_peer(enum ferry_wait_mode mode)
 {
 	struct shared *sh = tu_shared_alloc(sizeof *sh);
-	ferry_port *a, *b;
-	cr_assert_eq(ferry_channel(&a, &b, NULL), 0, "%s", ferry_errmsg());
-	fflush(NULL);
-	pid_t pid = fork();
-	cr_assert_geq(pid, 0);
-	if (pid == 0) {
-		ferry__port_keep_only(b);
-		_exit(post_all(b, sh, 1));
-	}
-	ferry__port_forget(b);
+	ferry_port *a;
+	pid_t pid = fork_peer(&a, NULL, post_all, sh, 1);
 	cr_assert_eq(ferry_port_set_wait(a, mode, 0), 0);
 	await_flag(&sh->posted, 1);
 	cr_assert_eq(kill(pid, SIGSTOP), 0);
