@@ -4,8 +4,9 @@
  * Record (in the ring):
  *
  *   wire_hdr   { kind = WIRE_CLONE }
- *   clone_hdr  { nhandles, nfds, fd_seq, body_len, cbor_len, flags }
+ *   clone_hdr  { nhandles, nfds, fd_seq, body_len, cbor_len, flags, nstash }
  *   desc[nhandles]  { type, len, off }
+ *   desc[nstash]    H_STASH: fd batches a transferred port had stashed
  *   body       cbor_len bytes of CBOR, then the inline bytes of small buffers
  *              (absent when CLONE_SPILLED: then the body is the last fd's
  *              segment)
@@ -47,6 +48,10 @@ enum handle_type {
 	H_BUF_SEG = 2,    /* plain buffer, its own segment (1 fd) */
 	H_SHARED = 3,     /* shared buffer (1 fd) */
 	H_PORT = 4,       /* port: channel segment + control socket (2 fds); len = side */
+	/* A batch the port of handle `pad` had stashed (ports/port.c): it
+	 * travels with the port. len = seq, off = index << 32 | count << 16 |
+	 * nfds (its fds follow those of every handle). */
+	H_STASH = 5,
 };
 
 #define CLONE_SPILLED 1u
@@ -58,7 +63,7 @@ struct clone_hdr {
 	uint64_t body_len;
 	uint64_t cbor_len; /* the CBOR is body[0, cbor_len) */
 	uint32_t flags;
-	uint32_t pad;
+	uint32_t nstash;   /* H_STASH descriptors after the handles' */
 };
 
 struct handle_desc {
@@ -72,6 +77,7 @@ struct handle_desc {
 #define SCRATCH_BYTES ((size_t)64 * 1024)
 
 static void sock_sent(int sock);
+static void close_fds(int *fds, unsigned n);
 
 static unsigned fds_of(uint32_t type)
 {
@@ -84,16 +90,22 @@ struct plan {
 	struct ferry_clone_handles table; /* from the encoder, then the xfer extras */
 	unsigned char *transferred;        /* per handle: listed in xfer */
 	struct handle_desc *descs;
-	int fds[MAX_FDS];
-	unsigned nfds;
-	size_t inline_len;
 	const unsigned char *cbor_data;    /* the encoding (in the port's scratch) */
 	size_t cbor_len;
 	ferry_seg *spill;                  /* borrowed from the port's cache */
+	struct handle_desc *sdescs;        /* H_STASH descriptors */
+	unsigned nstash;
+	unsigned stash_fd0, stash_fds;     /* fds[] range of dups the plan owns */
+	int fds[MAX_FDS];
+	unsigned nfds;
+	size_t inline_len;
 };
 
 static void plan_fini(struct plan *pl)
 {
+	for (unsigned i = 0; i < pl->stash_fds; i++)
+		close(pl->fds[pl->stash_fd0 + i]);
+	free(pl->sdescs);
 	free(pl->descs);
 	free(pl->transferred);
 	ferry_clone_handles_fini(&pl->table);
@@ -234,6 +246,57 @@ static int encode_scratch(ferry_port *p, const ferry_value *v, struct plan *pl)
 	return rc;
 }
 
+/*
+ * Ports that travel with fd batches in their stash (ports/port.c: taken off
+ * the socket ahead of their records) take copies of them along, after
+ * every handle's fds: the importer puts them back in its stash, where the
+ * records will look for them. Our copies stay until the commit (the port
+ * is detached then), so a post that fails loses nothing.
+ */
+static int plan_stashes(struct plan *pl)
+{
+	pl->stash_fd0 = pl->nfds;
+	for (size_t i = 0; i < pl->table.count; i++) {
+		if (pl->table.items[i].kind != FERRY_VALUE_PORT)
+			continue;
+		ferry_port *q = pl->table.items[i].handle;
+		if (!atomic_load_explicit(&q->stash_n, memory_order_relaxed))
+			continue;
+		struct fd_stash st[FERRY_STASH_MAX];
+		int k = ferry__port_stash_copy(q, st, FERRY_STASH_MAX);
+		if (k <= 0)
+			return k;
+		unsigned nf = 0;
+		for (int j = 0; j < k; j++)
+			nf += st[j].nfds;
+		struct handle_desc *n = realloc(pl->sdescs, (pl->nstash + (size_t)k) * sizeof *n);
+		/* One fd slot stays free for a spilled body. */
+		if (!n || pl->nfds + nf + 1 > MAX_FDS) {
+			if (n)
+				pl->sdescs = n;
+			for (int j = 0; j < k; j++)
+				close_fds(st[j].fds, st[j].nfds);
+			return !n ? ferry__fail(-ENOMEM, "ferry_port_post: out of memory")
+				  : ferry__fail(-EMSGSIZE, "ferry_port_post: the transferred ports' fds and the "
+						"fd batches they hold exceed %d fds", MAX_FDS);
+		}
+		pl->sdescs = n;
+		for (int j = 0; j < k; j++) {
+			uint32_t count = st[j].count < 0xffff ? st[j].count : 0xffff;
+			pl->sdescs[pl->nstash++] = (struct handle_desc){
+				.type = H_STASH,
+				.pad = (uint32_t)i,
+				.len = st[j].seq,
+				.off = (uint64_t)st[j].index << 32 | (uint64_t)count << 16 | st[j].nfds,
+			};
+			memcpy(pl->fds + pl->nfds, st[j].fds, st[j].nfds * sizeof *st[j].fds);
+			pl->nfds += st[j].nfds;
+			pl->stash_fds += st[j].nfds;
+		}
+	}
+	return 0;
+}
+
 static int plan_handles(const struct ferry_xfer *x, struct plan *pl)
 {
 	struct ferry_clone_handles *t = &pl->table;
@@ -316,7 +379,7 @@ static int plan_handles(const struct ferry_xfer *x, struct plan *pl)
 			pl->inline_len += len;
 		}
 	}
-	return 0;
+	return plan_stashes(pl);
 }
 
 /* The body: the CBOR (unless encoded in place: @cbor NULL), then the inline
@@ -724,7 +787,8 @@ FERRY_API int ferry_port_post(ferry_port *p, const ferry_value *v, const struct 
 		return ferry__fail(-EMSGSIZE, "ferry_port_post: a %zu-byte message exceeds the channel's max_message %zu",
 				   body_len, p->max_message);
 	}
-	size_t head = sizeof(struct wire_hdr) + sizeof(struct clone_hdr) + nh * sizeof(struct handle_desc);
+	size_t head = sizeof(struct wire_hdr) + sizeof(struct clone_hdr) +
+		      (nh + pl.nstash) * sizeof(struct handle_desc);
 	size_t rec_len = head + body_len;
 	int spilled = 0;
 	if (rec_len - sizeof(struct wire_hdr) > p->max_msg) {
@@ -775,6 +839,7 @@ FERRY_API int ferry_port_post(ferry_port *p, const ferry_value *v, const struct 
 		.body_len = body_len,
 		.cbor_len = pl.cbor_len,
 		.flags = spilled ? CLONE_SPILLED : 0,
+		.nstash = pl.nstash,
 	};
 	if (pl.nfds) {
 		/* relaxed: only this side writes the counter; the record's commit
@@ -809,6 +874,9 @@ FERRY_API int ferry_port_post(ferry_port *p, const ferry_value *v, const struct 
 	memcpy(w + sizeof wh, &ch, sizeof ch);
 	if (nh)
 		memcpy(w + sizeof wh + sizeof ch, pl.descs, nh * sizeof(struct handle_desc));
+	if (pl.nstash)
+		memcpy(w + sizeof wh + sizeof ch + nh * sizeof(struct handle_desc), pl.sdescs,
+		       pl.nstash * sizeof(struct handle_desc));
 	if (!spilled)
 		write_body(w + head, &pl, cbor);
 	ferry_ring_spsc_view_commit(&p->txv, rec_len);
@@ -852,6 +920,33 @@ static int recv_fds(ferry_port *p, uint64_t seq, int *fds, unsigned n)
 	unsigned got = 0, index = 0, dropped = 0;
 	int rc = 0;
 	while (got < n) {
+		unsigned want = n - got < FERRY_FDS_MAX ? n - got : FERRY_FDS_MAX;
+		/* The stash first: what it holds came off the socket ahead of
+		 * everything still queued there (ports/port.c stash_take). */
+		struct fd_stash st;
+		int s = ferry__port_stash_pop(p, seq, &st, &dropped);
+		if (s < 0) {
+			rc = ferry__fail(-EBADMSG, "ferry_port_recv: %u fds announced, %u arrived", n, got);
+			break;
+		}
+		if (s > 0) {
+			if (st.index != index || st.count != st.nfds || st.nfds != want) {
+				close_fds(st.fds, st.nfds);
+				rc = ferry__fail(-EBADMSG,
+						 "ferry_port_recv: fd batch (seq %llu, index %u, %u fds) does not match the message (seq %llu, index %u, %u fds)",
+						 (unsigned long long)st.seq, st.index, st.nfds, (unsigned long long)seq, index, want);
+				break;
+			}
+			memcpy(fds + got, st.fds, st.nfds * sizeof *st.fds);
+			got += st.nfds;
+			index++;
+			continue;
+		}
+		if (dropped > FERRY_CTL_DROP_MAX) {
+			rc = ferry__fail(-EBADMSG, "ferry_port_recv: more than %d stray packets on the control socket",
+					 FERRY_CTL_DROP_MAX);
+			break;
+		}
 		struct fd_batch bh;
 		enum ctl_head h = ferry__port_ctl_peek(p, &bh);
 		if (h == CTL_WAKE || h == CTL_JUNK ||
@@ -871,7 +966,6 @@ static int recv_fds(ferry_port *p, uint64_t seq, int *fds, unsigned n)
 			break;
 		}
 		unsigned k = 0;
-		unsigned want = n - got < FERRY_FDS_MAX ? n - got : FERRY_FDS_MAX;
 		/* Take the whole batch, whatever it holds, so that all of it is closed
 		 * if it is not what the record needs. */
 		int tmp[FERRY_FDS_MAX];
@@ -952,9 +1046,16 @@ int ferry__msg_decode(ferry_port *p, const unsigned char *rec, size_t len, ferry
 				 FERRY_MSG_MAX_HANDLES);
 		goto fail;
 	}
-	size_t dlen = (size_t)ch.nhandles * sizeof *descs;
+	/* Each stashed batch that travels holds an fd at least. */
+	if (ch.nstash > nfds || (ch.nstash && !ch.nhandles)) {
+		rc = ferry__fail(-EBADMSG, "ferry_port_recv: %u stashed fd batches with %u fds and %u handles",
+				 ch.nstash, nfds, ch.nhandles);
+		goto fail;
+	}
+	size_t ndescs = (size_t)ch.nhandles + ch.nstash;
+	size_t dlen = ndescs * sizeof *descs;
 	if (dlen > len) {
-		rc = ferry__fail(-EBADMSG, "ferry_port_recv: %u handle descriptors overrun the record", ch.nhandles);
+		rc = ferry__fail(-EBADMSG, "ferry_port_recv: %zu handle descriptors overrun the record", ndescs);
 		goto fail;
 	}
 	/* No tables for the common message without handles (3 mallocs saved). */
@@ -979,6 +1080,17 @@ int ferry__msg_decode(ferry_port *p, const unsigned char *rec, size_t len, ferry
 			goto fail;
 		}
 		need += fds_of(descs[i].type);
+	}
+	for (size_t i = ch.nhandles; i < ndescs; i++) {
+		const struct handle_desc *d = &descs[i];
+		unsigned k = (unsigned)(d->off & 0xffff);
+		if (d->type != H_STASH || d->pad >= ch.nhandles || descs[d->pad].type != H_PORT ||
+		    k > FERRY_FDS_MAX) {
+			rc = ferry__fail(-EBADMSG, "ferry_port_recv: stashed fd batch %zu is malformed",
+					 i - ch.nhandles);
+			goto fail;
+		}
+		need += k;
 	}
 	int spilled = (ch.flags & CLONE_SPILLED) != 0;
 	if (ch.flags & ~CLONE_SPILLED) {
@@ -1117,6 +1229,24 @@ int ferry__msg_decode(ferry_port *p, const unsigned char *rec, size_t len, ferry
 			goto fail;
 		table[i].kind = hs[i].kind;
 		table[i].handle = hs[i].handle;
+	}
+	/* The batches the ports had stashed go back into their stashes. */
+	for (size_t i = ch.nhandles; i < ndescs; i++) {
+		const struct handle_desc *d = &descs[i];
+		struct fd_stash st = {
+			.seq = d->len,
+			.index = (uint32_t)(d->off >> 32),
+			.count = (uint32_t)(d->off >> 16) & 0xffff,
+			.nfds = (unsigned)(d->off & 0xffff),
+		};
+		memcpy(st.fds, fds + fi, st.nfds * sizeof *fds);
+		if (ferry__port_stash_push(hs[d->pad].handle, &st)) {
+			rc = ferry__fail(-EBADMSG, "ferry_port_recv: a transferred port brings more than %d stashed fd batches",
+					 FERRY_STASH_MAX);
+			goto fail;
+		}
+		for (unsigned k = 0; k < st.nfds; k++)
+			fds[fi++] = -1;
 	}
 
 	m = calloc(1, sizeof *m);

@@ -27,6 +27,7 @@
 #include "shm/err.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
@@ -92,14 +93,25 @@ static void registry_del(ferry_port *p)
 	pthread_mutex_unlock(&registry_lock);
 }
 
+static void stash_close_all(ferry_port *p);
+
 void ferry__port_keep_only(ferry_port *keep)
 {
 	pthread_mutex_lock(&registry_lock);
 	for (ferry_port *p = registry.next; p != &registry; p = p->next) {
-		if (p != keep && p->sock >= 0) {
+		/* The child is single-threaded: a stash lock that a thread of the
+		 * parent held at the fork is reset, not waited for. */
+		pthread_mutex_init(&p->stash_lock, NULL);
+		if (p == keep)
+			continue;
+		if (p->sock >= 0) {
 			close(p->sock);
 			p->sock = -1;
 		}
+		/* A stashed batch may hold another channel's control socket (a
+		 * port on its way in a message): its copy here would hide that
+		 * channel's peer's death as well. */
+		stash_close_all(p);
 	}
 	pthread_mutex_unlock(&registry_lock);
 }
@@ -134,6 +146,7 @@ static int port_open(ferry_port **out, ferry_seg *seg, const struct chan_hdr *h,
 	p->spin_ns = DEFAULT_SPIN_NS;
 	p->max_msg = ferry_ring_spsc_max_record(p->tx) - sizeof(struct wire_hdr);
 	p->max_message = FERRY_MESSAGE_MAX_DEFAULT;
+	pthread_mutex_init(&p->stash_lock, NULL);
 	/* This port's consume() answers the producer's space word. */
 	atomic_fetch_or_explicit(&p->rxd->wakes, CHAN_WAKES_SPACE, memory_order_relaxed);
 	registry_add(p);
@@ -732,17 +745,183 @@ int ferry__port_batch_stale(ferry_port *p, uint64_t seq)
 	       seq > atomic_load_explicit(&p->rxd->fd_seq, memory_order_acquire);
 }
 
+/*
+ * Take the batch heading the socket (a record may still claim it) into the
+ * stash. Returns 0 when taken, -1 when it stays queued (the stash is full,
+ * or the port was closed meanwhile). A batch that does not read whole is
+ * stashed empty: its record then fails alone, as it would have from the
+ * socket.
+ */
+static int stash_take(ferry_port *p, const struct fd_batch *peeked)
+{
+	if (atomic_load_explicit(&p->stash_n, memory_order_relaxed) >= FERRY_STASH_MAX)
+		return -1;
+	struct fd_stash e = { .seq = peeked->seq, .index = peeked->index, .count = peeked->count };
+	struct fd_batch bh;
+	int rc = ferry_fds_recv(p->sock, &bh, sizeof bh, e.fds, FERRY_FDS_MAX, &e.nfds, 0);
+	if (rc == -EAGAIN)
+		return -1; /* gone meanwhile (cannot happen: only we read) */
+	if (rc)
+		e.nfds = 0;
+	else if (bh.seq != e.seq || bh.index != e.index || bh.count != e.count) {
+		/* Not what the peek said (cannot happen either): keep it empty. */
+		for (unsigned i = 0; i < e.nfds; i++)
+			close(e.fds[i]);
+		e.nfds = 0;
+	}
+	pthread_mutex_lock(&p->stash_lock);
+	unsigned n = atomic_load_explicit(&p->stash_n, memory_order_relaxed);
+	if (ferry__port_closed(p) || p->detached) {
+		/* Closed by another thread meanwhile: nobody will claim it. */
+		for (unsigned i = 0; i < e.nfds; i++)
+			close(e.fds[i]);
+	} else {
+		p->stash[n] = e;
+		atomic_store_explicit(&p->stash_n, n + 1, memory_order_relaxed);
+	}
+	pthread_mutex_unlock(&p->stash_lock);
+	return 0;
+}
+
+/* Close the stashed batches no record will claim any more (a record of a
+ * later sequence was read, or a void record named theirs). */
+static void stash_purge(ferry_port *p)
+{
+	pthread_mutex_lock(&p->stash_lock);
+	unsigned n = atomic_load_explicit(&p->stash_n, memory_order_relaxed), kept = 0;
+	for (unsigned i = 0; i < n; i++) {
+		if (ferry__port_batch_stale(p, p->stash[i].seq)) {
+			for (unsigned k = 0; k < p->stash[i].nfds; k++)
+				close(p->stash[i].fds[k]);
+			continue;
+		}
+		if (kept != i)
+			p->stash[kept] = p->stash[i];
+		kept++;
+	}
+	atomic_store_explicit(&p->stash_n, kept, memory_order_relaxed);
+	pthread_mutex_unlock(&p->stash_lock);
+}
+
 void ferry__port_drain_wakes(ferry_port *p)
 {
+	if (atomic_load_explicit(&p->stash_n, memory_order_relaxed))
+		stash_purge(p);
 	for (int i = 0; i < FERRY_CTL_DROP_MAX; i++) {
 		struct fd_batch bh;
 		enum ctl_head h = ferry__port_ctl_peek(p, &bh);
 		if (h == CTL_NONE || h == CTL_EOF)
 			return;
-		if (h == CTL_BATCH && !ferry__port_batch_stale(p, bh.seq))
-			return; /* a record may still claim it: it is on its way */
+		if (h == CTL_BATCH && !ferry__port_batch_stale(p, bh.seq)) {
+			/* A record may still claim it: it is on its way. Stash it,
+			 * so that the socket stops being readable until the commit's
+			 * wake (a level-triggered poller would spin till then). */
+			if (stash_take(p, &bh))
+				return;
+			continue;
+		}
 		ferry__port_ctl_drop(p);
 	}
+}
+
+static void stash_close_all(ferry_port *p)
+{
+	unsigned n = atomic_load_explicit(&p->stash_n, memory_order_relaxed);
+	for (unsigned i = 0; i < n; i++)
+		for (unsigned k = 0; k < p->stash[i].nfds; k++)
+			close(p->stash[i].fds[k]);
+	atomic_store_explicit(&p->stash_n, 0, memory_order_relaxed);
+}
+
+void ferry__port_stash_clear(ferry_port *p)
+{
+	if (!atomic_load_explicit(&p->stash_n, memory_order_relaxed))
+		return;
+	pthread_mutex_lock(&p->stash_lock);
+	stash_close_all(p);
+	pthread_mutex_unlock(&p->stash_lock);
+}
+
+/* Drop stash entry @i (its fds already closed or moved). Lock held. */
+static void stash_remove_head(ferry_port *p)
+{
+	unsigned n = atomic_load_explicit(&p->stash_n, memory_order_relaxed);
+	memmove(&p->stash[0], &p->stash[1], (n - 1) * sizeof p->stash[0]);
+	atomic_store_explicit(&p->stash_n, n - 1, memory_order_relaxed);
+}
+
+int ferry__port_stash_pop(ferry_port *p, uint64_t seq, struct fd_stash *out, unsigned *dropped)
+{
+	if (!atomic_load_explicit(&p->stash_n, memory_order_relaxed))
+		return 0;
+	int rc = 0;
+	pthread_mutex_lock(&p->stash_lock);
+	while (atomic_load_explicit(&p->stash_n, memory_order_relaxed)) {
+		struct fd_stash *e = &p->stash[0];
+		if (e->seq == seq) {
+			*out = *e;
+			stash_remove_head(p);
+			rc = 1;
+			break;
+		}
+		if (e->seq > seq && !ferry__port_batch_stale(p, e->seq)) {
+			rc = -1; /* the next record's: it stays */
+			break;
+		}
+		/* Older, or stale: no record will claim it. */
+		for (unsigned k = 0; k < e->nfds; k++)
+			close(e->fds[k]);
+		stash_remove_head(p);
+		++*dropped;
+	}
+	pthread_mutex_unlock(&p->stash_lock);
+	return rc;
+}
+
+int ferry__port_stash_copy(ferry_port *p, struct fd_stash *out, unsigned max)
+{
+	if (!atomic_load_explicit(&p->stash_n, memory_order_relaxed))
+		return 0;
+	int rc = 0;
+	pthread_mutex_lock(&p->stash_lock);
+	unsigned n = atomic_load_explicit(&p->stash_n, memory_order_relaxed);
+	if (n > max) {
+		rc = ferry__fail(-EMSGSIZE, "ferry_port_post: no room for the fd batches a transferred port holds");
+		goto out;
+	}
+	for (unsigned i = 0; i < n; i++) {
+		out[i] = p->stash[i];
+		for (unsigned k = 0; k < out[i].nfds; k++) {
+			out[i].fds[k] = fcntl(p->stash[i].fds[k], F_DUPFD_CLOEXEC, 0);
+			if (out[i].fds[k] < 0) {
+				rc = ferry__errno(-errno, "ferry_port_post: dup of a transferred port's stashed fd");
+				for (unsigned j = 0; j < k; j++)
+					close(out[i].fds[j]);
+				for (unsigned j = 0; j < i; j++)
+					for (unsigned m = 0; m < out[j].nfds; m++)
+						close(out[j].fds[m]);
+				goto out;
+			}
+		}
+	}
+	rc = (int)n;
+out:
+	pthread_mutex_unlock(&p->stash_lock);
+	return rc;
+}
+
+int ferry__port_stash_push(ferry_port *p, const struct fd_stash *in)
+{
+	pthread_mutex_lock(&p->stash_lock);
+	unsigned n = atomic_load_explicit(&p->stash_n, memory_order_relaxed);
+	int rc = -ENOSPC;
+	if (n < FERRY_STASH_MAX) {
+		p->stash[n] = *in;
+		atomic_store_explicit(&p->stash_n, n + 1, memory_order_relaxed);
+		rc = 0;
+	}
+	pthread_mutex_unlock(&p->stash_lock);
+	return rc;
 }
 
 FERRY_API int ferry_port_fd(ferry_port *p)
@@ -819,6 +998,8 @@ int ferry__port_recv_any(ferry_port *p, ferry_msg **msg, int64_t timeout_ns)
 		case 0:
 			break;
 		case -EPIPE:
+			/* Every record was read: nothing will claim the stash. */
+			ferry__port_stash_clear(p);
 			return ferry__fail(rc, "ferry_port_recv: %s", ferry__port_closed(p) ? "this port is closed"
 					   : ferry__port_gone(p) ? "the peer process is gone"
 					   : "the peer closed the channel");
@@ -827,6 +1008,7 @@ int ferry__port_recv_any(ferry_port *p, ferry_msg **msg, int64_t timeout_ns)
 		case -ETIMEDOUT:
 			return ferry__fail(rc, "ferry_port_recv: no message before the timeout");
 		case -EPROTO:
+			ferry__port_stash_clear(p);
 			ferry_ring_spsc_close(p->tx);
 			ferry_ec_notify(&p->txd->data_ec);
 			return ferry__fail(rc, "ferry_port_recv: the channel's shared ring is corrupt; channel closed");
@@ -907,6 +1089,9 @@ FERRY_API void ferry_port_close(ferry_port *p)
 {
 	if (!p || p->detached || atomic_exchange_explicit(&p->closed, 1, memory_order_relaxed))
 		return;
+	/* Nothing will claim what the stash holds (and nothing is stashed
+	 * from now on: stash_take looks at closed under the lock). */
+	ferry__port_stash_clear(p);
 	/* Our tx ring: the peer drains it, then reads -EPIPE. Our rx ring: the
 	 * peer's next reserve fails at once. Wake whoever sleeps on either. */
 	ferry_ring_spsc_close(p->tx);
@@ -945,6 +1130,8 @@ void ferry__port_detach(ferry_port *p)
 	if (p->sock >= 0)
 		close(p->sock);
 	p->sock = -1;
+	/* A port that travelled took copies of its stash along (msg.c). */
+	ferry__port_stash_clear(p);
 	ferry_seg_unref(p->seg);
 	p->seg = NULL;
 	ferry__msg_port_fini(p);
@@ -958,6 +1145,9 @@ void ferry__port_forget(ferry_port *p)
 	registry_del(p);
 	if (p->sock >= 0)
 		close(p->sock);
+	/* No lock: the port is ours alone here (and after a fork, a parent's
+	 * thread may have held it). */
+	stash_close_all(p);
 	ferry_seg_unref(p->seg);
 	ferry__msg_port_fini(p);
 	free(p);

@@ -7,6 +7,7 @@
 #include "ferry/ring.h"
 #include "ferry/seg.h"
 
+#include <pthread.h>
 #include <stdalign.h>
 #include <stdatomic.h>
 #include <stddef.h>
@@ -73,6 +74,24 @@ enum wire_kind {
 /* Spill segments each port keeps for reuse, on either side. */
 #define FERRY_SPILL_CACHE 4
 
+/*
+ * Batches a receiving port took off its control socket ahead of their
+ * records (ferry__port_drain_wakes): a batch whose record is still being
+ * posted would otherwise keep the pollable fd readable, and a level-
+ * triggered loop would spin on it until the commit. Bounded: past
+ * FERRY_STASH_MAX batches the rest stays queued (a hostile peer can keep
+ * its own channel readable, docs/security.md).
+ */
+#define FERRY_STASH_MAX 8
+
+struct fd_stash {
+	uint64_t seq;
+	uint32_t index;
+	uint32_t count;               /* as the batch header said */
+	unsigned nfds;                /* as arrived (0: the batch did not read) */
+	int fds[FERRY_FDS_MAX];
+};
+
 /* One end of a channel, private to the process that holds it. */
 struct ferry_port {
 	struct ferry_port *next, *prev; /* the process's registry of live ports */
@@ -125,6 +144,13 @@ struct ferry_port {
 	 * post was abandoned): a batch at or below it is stale. Receiving
 	 * thread only. */
 	uint64_t fd_seq_rx;
+	/* The stash (FIFO, oldest first; all older than what the socket
+	 * holds). Filled by the receiving thread only; emptied by it, or by
+	 * whatever ends the port (close may come from another thread): the
+	 * lock covers the entries, stash_n is read unlocked as a hint. */
+	pthread_mutex_t stash_lock;
+	atomic_uint stash_n;
+	struct fd_stash stash[FERRY_STASH_MAX];
 };
 
 /*
@@ -223,6 +249,24 @@ int ferry__port_batch_stale(ferry_port *p, uint64_t seq);
 /* Most packets one call drops before it gives up (a peer that floods the
  * control socket costs a bounded amount of work per call). */
 #define FERRY_CTL_DROP_MAX 1024
+
+/* recv_fds (msg.c): take the stashed batch of sequence @seq heading @p's
+ * stash into *@out (its fds now the caller's), dropping stale or older
+ * batches ahead of it (counted in *@dropped). Returns 1 when taken, 0 when
+ * the stash is empty (read the socket), -1 when a newer batch heads it. */
+int ferry__port_stash_pop(ferry_port *p, uint64_t seq, struct fd_stash *out, unsigned *dropped);
+
+/* Close every stashed fd of @p (whatever ends the port). */
+void ferry__port_stash_clear(ferry_port *p);
+
+/* A port about to travel (msg.c): dup its stashed batches into @out (at
+ * most @max), so that they go along with it. Returns how many, or a
+ * negative errno (nothing left open). */
+int ferry__port_stash_copy(ferry_port *p, struct fd_stash *out, unsigned max);
+
+/* An imported port (msg.c): append a batch that travelled with it (its fds
+ * now the port's). -ENOSPC when the stash is full (nothing taken). */
+int ferry__port_stash_push(ferry_port *p, const struct fd_stash *in);
 
 /* Release the spill segments @p keeps (msg.c). */
 void ferry__msg_port_fini(ferry_port *p);
