@@ -211,8 +211,11 @@ FERRY_API void ferry_port_destroy(ferry_port *port);
  * socket): drain with ferry_port_recv(port, &m, 0) until -EAGAIN, then poll;
  * that -EAGAIN is what arms the fd, so a message posted after it always
  * wakes the poll. The fd is signalled only when the receiver armed it: a
- * sender to a busy receiver makes no syscall. The fd stays the port's (do
- * not close or read it; it changes if the port is transferred).
+ * sender to a busy receiver makes no syscall. Level-triggered loops work as
+ * well: a wake that found no message is consumed by that -EAGAIN, and fds of a
+ * message still on its way are taken off the fd (kept by the port) so that it
+ * does not stay readable meanwhile. The fd stays the port's (do not close or
+ * read it; it changes if the port is transferred).
  * @return the fd, -EINVAL, FERRY_EDETACHED.
  */
 FERRY_API int ferry_port_fd(ferry_port *port);
