@@ -416,6 +416,14 @@ FERRY_API int ferry_clone_encode(const ferry_value *v, void *buf, size_t cap, si
 	return 0;
 }
 
+size_t ferry__clone_bound(const ferry_value *v)
+{
+	const struct fv_graph *g = v->g;
+	while (g->fwd)
+		g = g->fwd;
+	return g->bytes - (size_t)(g->end - g->cur);
+}
+
 FERRY_API int ferry_clone_size(const ferry_value *v, size_t *len,
 			       const struct ferry_clone_encode_opts *opts)
 {

@@ -125,6 +125,7 @@ struct ferry_port {
 	uint64_t chan_id;           /* the segment's inode: same channel across processes */
 	unsigned char *scratch;     /* clone encoding space of the sender (msg.c) */
 	size_t scratch_cap;
+	size_t direct_len;          /* the last record encoded in place (msg.c post_direct) */
 	/* Spill segments this sender reuses once the receiver has let go of
 	 * them, and the ones this receiver keeps mapped (msg.c). */
 	ferry_seg *spill_tx[FERRY_SPILL_CACHE];

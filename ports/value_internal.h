@@ -157,6 +157,21 @@ static inline void *fv_alloc_bump(struct fv_graph *g, size_t size)
 	return ferry__fv_alloc_slow(g, size);
 }
 
+/*
+ * An upper bound on the bytes ferry_clone_encode writes for @v, in O(1):
+ * the bytes in use in @v's graph (every chunk, less the unused end of the
+ * current one). Every item the encoder writes has arena bytes of its own
+ * at least as many: a node (32 bytes) against a head of at most 9 bytes
+ * plus tags; a string's or a key's bytes against their copy in the graph;
+ * a sharedref (at most 7 bytes) against the item slot or entry (8 or 24
+ * bytes) that holds it. So an encoding never exceeds it; were it ever
+ * to, the encoder would say -ENOBUFS with the exact size and the caller
+ * would go the long way. Loose for a value that is a small part of a big
+ * graph. Reads the graph only (no path halving): @v may be encoded by
+ * several threads at once.
+ */
+size_t ferry__clone_bound(const ferry_value *v);
+
 /* ---- map internals ---- */
 
 /* The seed of the key hash (random per process), set up on first use. */

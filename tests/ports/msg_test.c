@@ -3,6 +3,7 @@
 #include <ferry.h>
 
 #include "ports/port_int.h"
+#include "ports/value_internal.h"
 #include "shm/buf_int.h"
 #include "util/util.h"
 
@@ -1198,4 +1199,100 @@ Test(msg, spill_to_an_end_handed_out_by_a_listener_is_copied)
 	ferry_port_destroy(c.port);
 	ferry_port_destroy(mine);
 	ferry_listener_destroy(l);
+}
+
+/* ---- small clones encoded straight into the ring (msg.c post_direct) ---- */
+
+/* The reservation a small clone is encoded into is ferry__clone_bound:
+ * check that it covers the encoding of values built, shared, decoded. */
+Test(msg, clone_bound_covers_the_encoding)
+{
+	ferry_value *vals[8];
+	size_t nv = 0;
+	vals[nv++] = sample_object();
+	vals[nv++] = ferry_value_int(INT64_MIN);
+	vals[nv++] = ferry_value_str("");
+	ferry_value *refs = ferry_value_array(); /* one node, many references */
+	ferry_value *s = ferry_value_str("x");
+	ferry_value_array_push(refs, s);
+	for (int i = 0; i < 2000; i++)
+		ferry_value_array_push(refs, s);
+	vals[nv++] = refs;
+	ferry_value *keys = ferry_value_map(); /* long keys, tiny values */
+	for (int i = 0; i < 300; i++) {
+		char k[80];
+		snprintf(k, sizeof k, "%070d", i);
+		ferry_value_map_set(keys, k, ferry_value_null());
+	}
+	vals[nv++] = keys;
+	ferry_value *deep = ferry_value_array();
+	for (int i = 0; i < 100; i++) {
+		ferry_value *a = ferry_value_array();
+		ferry_value_array_push(a, deep);
+		deep = a;
+	}
+	vals[nv++] = deep;
+	for (size_t i = 0; i < nv; i++) {
+		size_t len = 0;
+		cr_assert_eq(ferry_clone_size(vals[i], &len, NULL), 0, "%s", ferry_errmsg());
+		cr_assert_leq(len, ferry__clone_bound(vals[i]), "value %zu: %zu-byte clone", i, len);
+		/* and once decoded (the graph a receiver echoes) */
+		unsigned char *buf = malloc(len);
+		cr_assert_eq(ferry_clone_encode(vals[i], buf, len, &len, NULL, NULL), 0);
+		ferry_value *d = NULL;
+		cr_assert_eq(ferry_clone_decode(buf, len, NULL, &d), 0, "%s", ferry_errmsg());
+		size_t dl = 0;
+		cr_assert_eq(ferry_clone_size(d, &dl, NULL), 0);
+		cr_assert_leq(dl, ferry__clone_bound(d), "decoded value %zu", i);
+		free(buf);
+		ferry_value_free(d);
+		ferry_value_free(vals[i]);
+	}
+}
+
+/* A post whose clone fails to encode, or finds the ring full, leaves the
+ * ring as it was (no record, not even a void one); the next one arrives. */
+Test(msg, failed_direct_post_leaves_the_ring_untouched)
+{
+	ferry_port *a, *b;
+	cr_assert_eq(ferry_channel(&a, &b, NULL), 0);
+	ferry_value *deep = ferry_value_array();
+	for (int i = 0; i < FERRY_CLONE_MAX_DEPTH + 5; i++) {
+		ferry_value *x = ferry_value_array();
+		ferry_value_array_push(x, deep);
+		deep = x;
+	}
+	/* small enough to be encoded in the ring */
+	cr_assert_lt(ferry__clone_bound(deep) + 64, ferry_port_max_message(a));
+	cr_assert_eq(ferry_port_post(a, deep, NULL, 0), FERRY_ENOTCLONEABLE);
+	cr_assert_eq(ferry_ring_spsc_used(a->tx), 0);
+	cr_assert_eq(a->txv.resv, 0, "the reservation stayed open");
+	ferry_msg *m;
+	cr_assert_eq(ferry_port_recv(b, &m, 0), -EAGAIN);
+
+	/* Fill the ring with raw records, then a clone finds no room. */
+	char raw[200] = "raw";
+	int n = 0;
+	while (ferry_port_post_bytes(a, raw, sizeof raw, 0) == 0)
+		n++;
+	cr_assert_gt(n, 0);
+	size_t used = ferry_ring_spsc_used(a->tx);
+	ferry_value *v = sample_object();
+	cr_assert_eq(ferry_port_post(a, v, NULL, 0), -EAGAIN);
+	cr_assert_eq(ferry_ring_spsc_used(a->tx), used);
+	for (int i = 0; i < n; i++) {
+		m = recv_ok(b);
+		cr_assert_eq(ferry_msg_len(m), sizeof raw);
+		ferry_msg_free(m);
+	}
+	cr_assert_eq(ferry_port_recv(b, &m, 0), -EAGAIN);
+	/* Room again: the clone goes, whole. */
+	cr_assert_eq(ferry_port_post(a, v, NULL, 0), 0, "%s", ferry_errmsg());
+	m = recv_ok(b);
+	cr_assert(ferry_value_equal(v, ferry_msg_value(m)));
+	ferry_msg_free(m);
+	ferry_value_free(v);
+	ferry_value_free(deep);
+	ferry_port_destroy(a);
+	ferry_port_destroy(b);
 }
