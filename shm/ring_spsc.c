@@ -25,9 +25,14 @@ static_assert(ATOMIC_LONG_LOCK_FREE == 2 && ATOMIC_LLONG_LOCK_FREE == 2,
 static_assert(ATOMIC_INT_LOCK_FREE == 2, "32-bit atomics in shared memory must be lock-free");
 
 #define SPSC_MAGIC 0x43505346u /* "FSPC" */
-#define SPSC_VERSION 1u
+/* 1: tail was the commit; 3: the record's first word is (see publish()) */
+#define SPSC_VERSION 3u
 
-/* Record header: one 64-bit word, length in the low half, kind in the high. */
+/*
+ * Record header: one 64-bit word, the length in the low half, then the kind
+ * (16 bits) and the lap of the word's position (16 bits: position /
+ * capacity), so that a word a lap old never passes for a new one.
+ */
 #define REC_HDR 8u
 #define KIND_DATA 0x5245u /* a record follows */
 #define KIND_PAD 0x5041u  /* skip to the start of the buffer */
@@ -49,7 +54,7 @@ struct ferry_ring_spsc {
 	/* Consumer's line: only the consumer writes it. */
 	alignas(64) _Atomic uint64_t head;
 	uint64_t tail_cache; /* consumer's last view of tail */
-	uint64_t adv;        /* bytes release() moves head by; 0 = nothing peeked */
+	uint64_t adv;        /* release() step (low half); empty polls (high half) */
 	/* Either side writes it, once. */
 	alignas(64) _Atomic uint32_t closed;
 	alignas(64) unsigned char data[];
@@ -111,9 +116,15 @@ static inline uint64_t snapshot_view(const struct ferry_ring_spsc *r, uint64_t w
 	return FERRY_LIKELY(ok) ? want : 0;
 }
 
-static inline uint64_t rec_word(uint32_t kind, uint64_t len)
+/* The high half of a framing word at position @pos: its lap, and @kind. */
+static inline uint32_t tag(uint64_t cap, uint64_t pos, uint32_t kind)
 {
-	return (uint64_t)kind << 32 | len;
+	return (uint32_t)((pos >> __builtin_ctzll(cap)) & 0xffff) << 16 | kind;
+}
+
+static inline uint64_t rec_word(uint64_t cap, uint64_t pos, uint32_t kind, uint64_t len)
+{
+	return (uint64_t)tag(cap, pos, kind) << 32 | len;
 }
 
 /* Mark the ring corrupt (and closed) and report it. */
@@ -154,6 +165,8 @@ FERRY_API int ferry_ring_spsc_init(ferry_ring_spsc *r, size_t memsize)
 	atomic_init(&r->tail, 0);
 	atomic_init(&r->head, 0);
 	atomic_init(&r->closed, 0);
+	/* the first slot the consumer polls: nothing published there yet */
+	*(uint64_t *)(void *)r->data = 0;
 	/*
 	 * The memory reaches the other side through whatever shares it (thread
 	 * creation, fork, fd passing), which orders these plain stores; a fence
@@ -227,10 +240,11 @@ FERRY_API size_t ferry_ring_spsc_max_record(const ferry_ring_spsc *r)
 /*
  * Per-side state. The plain calls keep it in the shared header (a trusted
  * peer's side); a view keeps it in its own private memory, so nothing a peer
- * writes there is ever read. Both sides cache the peer's index and reload
- * (and validate) it only when the cache says full or empty: the peer's line
- * crosses over once per refill, not once per record, and a head or tail the
- * peer rewrote is caught at the next refill.
+ * writes there is ever read. The producer caches head and reloads (and
+ * validates) it only when the cache says full: the consumer's line crosses
+ * over once per refill, not once per record, and a head the peer rewrote is
+ * caught at the next refill. The consumer polls the commit word at its head
+ * and leaves the tail's line alone as much as it can (see peek_impl).
  */
 struct prod {
 	uint64_t *head_cache; /* last view of head */
@@ -238,8 +252,9 @@ struct prod {
 	bool view;            /* a view's (private state, pinned capacity) */
 };
 struct cons {
-	uint64_t *tail_cache; /* last view of tail */
-	uint64_t *adv;        /* bytes release() moves head by; 0 = nothing peeked */
+	uint64_t *tail_cache; /* the last tail loaded (records past it may be taken before tail moves) */
+	uint64_t *adv;        /* low half: bytes release() moves head by, 0 = nothing
+			       * peeked; high half: empty polls (peek_impl) */
 	bool view;
 };
 
@@ -305,17 +320,82 @@ static inline int producer_start(struct ferry_ring_spsc *r, struct prod ps, uint
 	return 0;
 }
 
-/* Writes the record header (and the pad marker before it) for @len bytes at @tail; returns the record's offset. */
-static inline uint64_t put_header(struct ferry_ring_spsc *r, uint64_t cap, uint64_t tail,
-				  uint64_t room_len, uint64_t len)
+/*
+ * A framing word (record header, pad marker, the zeroed slot after the last
+ * record): an atomic store, since the consumer polls these words. Relaxed:
+ * the commit word's release store in publish() orders them.
+ */
+static inline void put_word(struct ferry_ring_spsc *r, uint64_t off, uint64_t w)
+{
+	__atomic_store_n((uint64_t *)(void *)(r->data + off), w, __ATOMIC_RELAXED);
+}
+
+/*
+ * Frames a record of @len bytes (reserved as @room_len) at @tail: its header,
+ * and the pad marker before it when it does not fit before the end of the
+ * buffer. The word at @tail itself - the header, or the pad marker - is the
+ * commit word: it is not written here but returned in *@commit, for
+ * publish() to store last. Returns the record's offset.
+ */
+static inline uint64_t frame(struct ferry_ring_spsc *r, uint64_t cap, uint64_t tail,
+			     uint64_t room_len, uint64_t len, uint64_t *commit)
 {
 	uint64_t off = tail & (cap - 1);
 	if (off + REC_HDR + align8(room_len) > cap) {
-		*(uint64_t *)(r->data + off) = rec_word(KIND_PAD, cap - off - REC_HDR);
-		off = 0;
+		*commit = rec_word(cap, tail, KIND_PAD, cap - off - REC_HDR);
+		put_word(r, 0, rec_word(cap, tail + cap - off, KIND_DATA, len));
+		return 0;
 	}
-	*(uint64_t *)(r->data + off) = rec_word(KIND_DATA, len);
+	*commit = rec_word(cap, tail, KIND_DATA, len);
 	return off;
+}
+
+/*
+ * Publishes the records framed in [@tail, @end): zeroes the slot at @end,
+ * stores the commit word at @tail with release, then tail.
+ *
+ * The consumer polls the word at its head; zero there, or a word of the lap
+ * before, means nothing yet. A producer that dies before the commit word
+ * leaves nothing visible. The zeroed slot is the one the consumer polls after
+ * these records, so old record bytes there are never taken for a header;
+ * when these records fill the ring that slot is the consumer's head, still
+ * holding the oldest record's header, which its lap tells apart once it is
+ * read and the consumer comes round to it again.
+ *
+ * Tail goes last. The consumer reads it (to check a record against it, and
+ * an idle ring's tail for range), which leaves its line shared; stored
+ * first, the store would wait for that line and hold the commit word back
+ * by a transfer (stores become visible in order). Stored after, a consumer
+ * may find a record before the tail that covers it: it takes the record
+ * when tail is still exactly at the record's start (where the tail of the
+ * commit before always is) and checks tail again on a later call.
+ */
+static inline void publish(struct ferry_ring_spsc *r, struct prod ps, uint64_t cap, uint64_t tail,
+			   uint64_t end, uint64_t commit)
+{
+	uint64_t head = *ps.head_cache;
+	if (FERRY_UNLIKELY(end - head >= cap)) {
+		/*
+		 * The cache says these records fill the ring (or is out of
+		 * range): is the slot at @end free? acquire: as in room().
+		 */
+		head = atomic_load_explicit(&r->head, memory_order_acquire);
+		if (end - head <= cap && !(head & 7))
+			*ps.head_cache = head;
+	}
+	/* a head out of range leaves the slot alone: room() reports it next */
+	if (FERRY_LIKELY(end - head < cap))
+		put_word(r, end & (cap - 1), 0);
+	/*
+	 * release: pairs with the consumer's acquire load of the word at its
+	 * head: the record bytes, the other framing words, the zeroed next slot
+	 * and the tail of every earlier commit are visible before the word that
+	 * says the records are there.
+	 */
+	__atomic_store_n((uint64_t *)(void *)(r->data + (tail & (cap - 1))), commit,
+			 __ATOMIC_RELEASE);
+	/* release: pairs with the consumer's acquire load of tail (peek_batch walks up to it) */
+	atomic_store_explicit(&r->tail, end, memory_order_release);
 }
 
 /*
@@ -372,14 +452,10 @@ __attribute__((noinline)) static int commit_slow(ferry_ring_spsc *r, struct prod
 	if (FERRY_UNLIKELY(tail & 7))
 		return corrupt(r, who, "misaligned tail");
 	uint64_t off = tail & (cap - 1);
-	uint64_t pad = off + REC_HDR + align8(rlen) > cap ? cap - off : 0;
-	put_header(r, cap, tail, rlen, len);
+	uint64_t pad = off + REC_HDR + align8(rlen) > cap ? cap - off : 0, commit;
+	frame(r, cap, tail, rlen, len, &commit);
 	*ps.resv = 0;
-	/*
-	 * release: pairs with the consumer's acquire load of tail in peek(); the
-	 * record (and any pad marker) is visible before the index that covers it.
-	 */
-	atomic_store_explicit(&r->tail, tail + pad + REC_HDR + align8(len), memory_order_release);
+	publish(r, ps, cap, tail, tail + pad + REC_HDR + align8(len), commit);
 	return 0;
 }
 
@@ -428,11 +504,9 @@ static inline __attribute__((always_inline)) int commit_impl(ferry_ring_spsc *r,
 			uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
 			uint64_t off = tail & (cap - 1);
 			if (FERRY_LIKELY(!(tail & 7) && off + REC_HDR + align8(resv - 1) <= cap)) {
-				*(uint64_t *)(r->data + off) = rec_word(KIND_DATA, len);
 				*ps.resv = 0;
-				/* release: pairs with the consumer's acquire load of tail in peek() */
-				atomic_store_explicit(&r->tail, tail + REC_HDR + align8(len),
-						      memory_order_release);
+				publish(r, ps, cap, tail, tail + REC_HDR + align8(len),
+					rec_word(cap, tail, KIND_DATA, len));
 				return 0;
 			}
 		}
@@ -465,7 +539,7 @@ static int push_batch_impl(ferry_ring_spsc *r, struct prod ps, uint64_t want,
 	 * room the cached head promises (one compare per record, no reload, no
 	 * pad); the general loop below takes over at the first that does not.
 	 */
-	uint64_t head = *ps.head_cache;
+	uint64_t head = *ps.head_cache, commit = 0;
 	if (FERRY_LIKELY(tail - head <= cap)) {
 		/* as differences, never as end positions: a tail the peer set near
 		 * 2^64 must not wrap a bound into a larger one */
@@ -478,7 +552,10 @@ static int push_batch_impl(ferry_ring_spsc *r, struct prod ps, uint64_t want,
 			if (FERRY_UNLIKELY(len > maxr || (len && !recs[i].p) || step > left))
 				break;
 			unsigned char *at = r->data + (tail & mask);
-			*(uint64_t *)at = rec_word(KIND_DATA, len);
+			if (i)
+				put_word(r, tail & mask, rec_word(cap, tail, KIND_DATA, len));
+			else
+				commit = rec_word(cap, tail, KIND_DATA, len); /* published last */
 			if (len)
 				memcpy(at + REC_HDR, recs[i].p, len);
 			tail += step;
@@ -505,51 +582,130 @@ static int push_batch_impl(ferry_ring_spsc *r, struct prod ps, uint64_t want,
 				return rc;
 			break;
 		}
-		uint64_t off = put_header(r, cap, tail, len, len);
+		uint64_t w, off = frame(r, cap, tail, len, len, &w);
+		if (i)
+			put_word(r, tail & mask, w);
+		else
+			commit = w; /* published last */
 		if (len)
 			memcpy(r->data + off + REC_HDR, recs[i].p, len);
 		tail += total;
 	}
-	/* release: pairs with the consumer's acquire load of tail; one publication for the batch */
-	atomic_store_explicit(&r->tail, tail, memory_order_release);
+	/* one publication for the batch: the first record's commit word, last */
+	publish(r, ps, cap, tail0, tail, commit);
 	return (int)i;
 }
 
 /*
- * The record at @head, of which @avail (> 0) bytes are committed: validates
- * it (and a pad marker before it) and gives its offset, length and the bytes
- * release moves head by. Returns 0 or -EPROTO.
+ * Records up to this size (header included) whose next slot reads zero are
+ * taken without a look at tail when the cached tail does not cover them.
  */
-static inline int next_rec(struct ferry_ring_spsc *r, uint64_t cap, uint64_t head, uint64_t avail,
+#define SMALL_REC 128u
+/*
+ * Consecutive empty polls per look at tail (a power of two); see
+ * peek_impl. They are counted in the high half of the consumer's adv word
+ * (the low half: the bytes release moves head by), which a record taken
+ * resets.
+ */
+#define TAIL_POLL 64u
+
+/*
+ * A word at @pos that holds no record yet: zero (the slot a commit zeroed
+ * after its records), or a header or pad marker of the lap before (the slot
+ * after a commit that filled the ring).
+ */
+static inline bool unpublished(uint64_t w, uint64_t cap, uint64_t pos)
+{
+	uint32_t hi = (uint32_t)(w >> 32);
+	return w == 0 || hi == tag(cap, pos - cap, KIND_DATA) || hi == tag(cap, pos - cap, KIND_PAD);
+}
+
+/*
+ * Tail, through the consumer's cache: the cached value when it covers @need
+ * bytes past @pos, else a fresh load, checked for range - aligned, and at
+ * most a capacity ahead of @pos or, when records were taken before tail
+ * caught up with them (publish() stores tail last, once per batch), between
+ * the tail loaded last and @pos, and less than a capacity behind it (tail
+ * never moves back, and no batch is longer than the ring) - and cached.
+ * Returns 0 or -EPROTO.
+ */
+static inline int load_tail(struct ferry_ring_spsc *r, struct cons cs, uint64_t cap, uint64_t pos,
+			    uint64_t need, uint64_t *tail_out, const char *who)
+{
+	uint64_t tail = *cs.tail_cache;
+	if (tail - pos < need || tail - pos > cap || (tail & 7)) {
+		uint64_t seen = tail;
+		/*
+		 * acquire: pairs with publish()'s release store of tail; loaded
+		 * after the commit word's acquire, so at least the tail of every
+		 * commit before that word's.
+		 */
+		tail = atomic_load_explicit(&r->tail, memory_order_acquire);
+		if (FERRY_UNLIKELY((tail & 7) ||
+				   (tail - pos > cap && (pos - tail > cap || pos - tail > pos - seen))))
+			return corrupt(r, who, "tail out of range (head past tail or beyond capacity)");
+		*cs.tail_cache = tail;
+	}
+	*tail_out = tail;
+	return 0;
+}
+
+/*
+ * The record at @pos: validates it (and a pad marker before it) against the
+ * capacity and against tail, and gives its offset, length and the bytes
+ * release moves head by. Returns 0, -EAGAIN (nothing published at @pos; a
+ * tail that moved on is a commit in flight, checked for range) or -EPROTO.
+ */
+static inline int next_rec(struct ferry_ring_spsc *r, struct cons cs, uint64_t cap, uint64_t pos,
 			   uint64_t *off_out, uint64_t *len_out, uint64_t *adv_out, const char *who)
 {
-	uint64_t off = head & (cap - 1), adv = 0;
-	/* one relaxed load: the header is read once and only the local is trusted */
-	uint64_t w = __atomic_load_n((const uint64_t *)(r->data + off), __ATOMIC_RELAXED);
-	if ((w >> 32) == KIND_PAD) {
+	uint64_t off = pos & (cap - 1), adv = 0, tail = 0;
+	/*
+	 * acquire: pairs with publish()'s release store of the commit word.
+	 * One load: the word is read once and only the local is trusted.
+	 */
+	uint64_t w = __atomic_load_n((const uint64_t *)(const void *)(r->data + off), __ATOMIC_ACQUIRE);
+	if (unpublished(w, cap, pos)) {
+		int rc = load_tail(r, cs, cap, pos, REC_HDR, &tail, who);
+		return rc ? rc : -EAGAIN;
+	}
+	if ((w >> 32) == tag(cap, pos, KIND_PAD)) {
 		if (FERRY_UNLIKELY(off == 0 || (uint32_t)w != cap - off - REC_HDR))
 			return corrupt(r, who, "pad marker where none can be");
 		adv = cap - off;
-		if (FERRY_UNLIKELY(avail < adv + REC_HDR))
-			return corrupt(r, who, "pad marker without a record after it");
-		avail -= adv;
 		off = 0;
-		w = __atomic_load_n((const uint64_t *)r->data, __ATOMIC_RELAXED);
+		/* relaxed: stored before the pad marker's release, which the acquire above saw */
+		w = __atomic_load_n((const uint64_t *)(const void *)r->data, __ATOMIC_RELAXED);
+		if (FERRY_UNLIKELY((w >> 32) != tag(cap, pos + adv, KIND_DATA)))
+			return corrupt(r, who, "pad marker without a record after it");
+	} else if (FERRY_UNLIKELY((w >> 32) != tag(cap, pos, KIND_DATA))) {
+		return corrupt(r, who, "bad record kind (or lap)");
 	}
-	if (FERRY_UNLIKELY((w >> 32) != KIND_DATA))
-		return corrupt(r, who, "bad record kind");
 	uint64_t n = (uint32_t)w, step = REC_HDR + align8(n);
-	if (FERRY_UNLIKELY(n > max_rec(cap) || step > avail || off + step > cap))
-		return corrupt(r, who, "record length past the committed data");
+	if (FERRY_UNLIKELY(n > max_rec(cap) || off + step > cap))
+		return corrupt(r, who, "record length past the buffer or above max_record");
+	int rc = load_tail(r, cs, cap, pos, adv + step, &tail, who);
+	if (FERRY_UNLIKELY(rc))
+		return rc;
+	/*
+	 * Tail covers the record, or has not reached it yet: stored after the
+	 * commit word, it may still be at the start of the batch this record
+	 * belongs to (load_tail() let it through only between the tail loaded
+	 * last and pos, i.e. on its way). A tail inside the record is corrupt:
+	 * a tail is always where a commit ended.
+	 */
+	if (FERRY_UNLIKELY(tail - pos <= cap && tail != pos && tail - pos < adv + step))
+		return corrupt(r, who,
+			       adv ? "pad marker without a record after it"
+				   : "record length past the committed data");
 	*off_out = off;
 	*len_out = n;
 	*adv_out = adv + step;
 	return 0;
 }
 
-/* The consumer's view: head and a tail past it. Returns 0, -EAGAIN, -EPIPE or -EPROTO. */
-static inline int consumer_start(struct ferry_ring_spsc *r, struct cons cs, uint64_t cap,
-				 uint64_t *head_out, uint64_t *tail_out, const char *who)
+/* The consumer's head, checked. Returns 0, or -EPROTO. */
+static inline int consumer_start(struct ferry_ring_spsc *r, uint64_t *head_out, const char *who)
 {
 	/* relaxed: CORRUPT is sticky and carries no data */
 	if (FERRY_UNLIKELY(atomic_load_explicit(&r->closed, memory_order_relaxed) & CORRUPT))
@@ -558,32 +714,22 @@ static inline int consumer_start(struct ferry_ring_spsc *r, struct cons cs, uint
 	uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
 	if (FERRY_UNLIKELY(head & 7))
 		return corrupt(r, who, "misaligned head");
-	uint64_t tail = *cs.tail_cache;
-	if (tail == head || tail - head > cap || (tail & 7)) {
-		/* acquire: pairs with the producer's release store of tail in commit() */
-		tail = atomic_load_explicit(&r->tail, memory_order_acquire);
-		if (FERRY_UNLIKELY(tail - head > cap || (tail & 7)))
-			return corrupt(r, who, "tail out of range (head past tail or beyond capacity)");
-		if (tail == head) {
-			/* acquire: pairs with the release in close(), which follows the last commit */
-			if (!atomic_load_explicit(&r->closed, memory_order_acquire)) {
-				*cs.tail_cache = tail;
-				return -EAGAIN;
-			}
-			/* acquire: as above; closed was set after that side's last commit */
-			tail = atomic_load_explicit(&r->tail, memory_order_acquire);
-			if (FERRY_UNLIKELY(tail - head > cap || (tail & 7)))
-				return corrupt(r, who, "tail out of range");
-			if (tail == head) {
-				*cs.tail_cache = tail;
-				return -EPIPE;
-			}
-		}
-		*cs.tail_cache = tail;
-	}
 	*head_out = head;
-	*tail_out = tail;
 	return 0;
+}
+
+/* next_rec at head, and on an empty ring the close check: -EAGAIN becomes -EPIPE once closed. */
+static inline int first_rec(struct ferry_ring_spsc *r, struct cons cs, uint64_t cap, uint64_t head,
+			    uint64_t *off, uint64_t *len, uint64_t *adv, const char *who)
+{
+	int rc = next_rec(r, cs, cap, head, off, len, adv, who);
+	if (rc != -EAGAIN)
+		return rc;
+	/* acquire: pairs with the release in close(), which follows the closer's last commit */
+	if (!atomic_load_explicit(&r->closed, memory_order_acquire))
+		return -EAGAIN;
+	rc = next_rec(r, cs, cap, head, off, len, adv, who);
+	return rc == -EAGAIN ? -EPIPE : rc;
 }
 
 __attribute__((noinline)) static int peek_slow(ferry_ring_spsc *r, struct cons cs, uint64_t want,
@@ -595,12 +741,12 @@ __attribute__((noinline)) static int peek_slow(ferry_ring_spsc *r, struct cons c
 	uint64_t cap = snapshot(r, want);
 	if (FERRY_UNLIKELY(!cap))
 		return corrupt(r, who, "header (magic, version, capacity, mask)");
-	uint64_t head = 0, tail = 0, off = 0, n = 0, adv = 0;
-	int rc = consumer_start(r, cs, cap, &head, &tail, who);
-	if (rc)
-		return rc;
-	rc = next_rec(r, cap, head, tail - head, &off, &n, &adv, who);
+	uint64_t head = 0, off = 0, n = 0, adv = 0;
+	int rc = consumer_start(r, &head, who);
 	if (FERRY_UNLIKELY(rc))
+		return rc;
+	rc = first_rec(r, cs, cap, head, &off, &n, &adv, who);
+	if (rc)
 		return rc;
 	*cs.adv = adv;
 	*p = r->data + off + REC_HDR;
@@ -617,40 +763,78 @@ static inline __attribute__((always_inline)) int peek_impl(ferry_ring_spsc *r, s
 		if (FERRY_LIKELY(cap &&
 				 !(atomic_load_explicit(&r->closed, memory_order_relaxed) & CORRUPT))) {
 			uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
-			uint64_t tail = *cs.tail_cache;
-			if (tail == head) {
-				/* acquire: pairs with the producer's release store of tail in commit() */
-				tail = atomic_load_explicit(&r->tail, memory_order_acquire);
-				if (FERRY_LIKELY(tail - head - 1 < cap && !((tail | head) & 7))) {
-					*cs.tail_cache = tail;
-				} else if (tail == head && !(head & 7) &&
-					   /* relaxed: closed goes to the slow path, which rereads it with acquire */
-					   !atomic_load_explicit(&r->closed, memory_order_relaxed)) {
+			/* & (cap - 8): in the ring even for a misaligned head (sent to the slow path) */
+			uint64_t off = head & (cap - 8), seen = *cs.tail_cache;
+			/* acquire: pairs with publish()'s release store of the commit word */
+			uint64_t w = __atomic_load_n((const uint64_t *)(const void *)(r->data + off),
+						     __ATOMIC_ACQUIRE);
+			uint64_t n = (uint32_t)w, step = REC_HDR + align8(n);
+			if (FERRY_LIKELY(!(head & 7))) {
+				if (FERRY_LIKELY((w >> 32) == tag(cap, head, KIND_DATA) &&
+						 n <= max_rec(cap) && off + step <= cap)) {
 					/*
-					 * Empty and open: the common answer of a poll, without
-					 * the slow path's second look at tail. (Prefetching the
-					 * next record's lines here measured slower: the poll
-					 * then contends with the producer writing them.)
+					 * The record is out. Checked against tail when the cache
+					 * covers it (no load); a small one whose next slot reads
+					 * zero - the slot its commit zeroed: nothing committed
+					 * after it - is taken without loading tail, whose line
+					 * a poll should leave alone: the producer stores tail
+					 * after every commit word, and a consumer that keeps the
+					 * line shared makes that store wait for it, and its own
+					 * next poll too. The cache then says "at head", so that
+					 * the next call after the release checks tail. Anything
+					 * else: the slow path loads tail and checks the record.
 					 */
-					return -EAGAIN;
-				}
-			}
-			uint64_t avail = tail - head, off = head & (cap - 1);
-			if (FERRY_LIKELY(avail - 1 < cap && !((tail | head) & 7))) {
-				/* one relaxed load: the header is read once and only the local is trusted */
-				uint64_t w = __atomic_load_n((const uint64_t *)(r->data + off),
-							     __ATOMIC_RELAXED);
-				uint64_t n = (uint32_t)w, step = REC_HDR + align8(n);
-				if (FERRY_LIKELY((w >> 32) == KIND_DATA && n <= max_rec(cap) &&
-						 step <= avail && off + step <= cap)) {
-					*cs.adv = step;
-					*p = r->data + off + REC_HDR;
-					*len = (size_t)n;
-					return 0;
+					uint64_t nw = 1;
+					bool covered = seen - head - step <= cap - step && !(seen & 7);
+					if (!covered && step <= SMALL_REC)
+						/* relaxed: stored before the commit word's release */
+						nw = __atomic_load_n((const uint64_t *)(const void *)(r->data +
+								((off + step) & (cap - 1))),
+								     __ATOMIC_RELAXED);
+					if (FERRY_LIKELY(covered || nw == 0)) {
+						*cs.adv = step; /* and no empty polls since */
+						*p = r->data + off + REC_HDR;
+						*len = (size_t)n;
+						return 0;
+					}
+				} else if (unpublished(w, cap, head)) {
+					uint64_t a = *cs.adv;
+					if ((a >> 32 & (TAIL_POLL - 1)) == TAIL_POLL - 1) {
+						/*
+						 * Every TAIL_POLL-th empty poll in a row also looks
+						 * at tail, for range: a tail the peer moved out of
+						 * range shows while this side waits. Not every poll,
+						 * nor every so many polls of a busy ring: a look
+						 * leaves the line shared, and the producer's next
+						 * store of tail (after its commit word) waits for
+						 * the line, and its later stores behind it (a ring
+						 * in ping-pong waits far fewer polls than that).
+						 * acquire: after the commit word's, as in load_tail().
+						 */
+						uint64_t tail = atomic_load_explicit(&r->tail, memory_order_acquire);
+						if ((tail & 7) || (tail - head > cap &&
+								   (head - tail > cap || head - tail > head - seen)))
+							goto slow;
+						*cs.tail_cache = tail;
+					}
+					*cs.adv = a + ((uint64_t)1 << 32); /* counts empty polls in a row */
+					/* relaxed: closed goes to the slow path, which rereads it with acquire */
+					if (!atomic_load_explicit(&r->closed, memory_order_relaxed)) {
+						/*
+						 * Empty and open (or a commit in flight): the common
+						 * answer of a poll. Prefetch the line after the
+						 * commit word's: a record's bytes run on into it,
+						 * and fetched while polling it comes over with the
+						 * commit word rather than after it.
+						 */
+						__builtin_prefetch(r->data + (((off | 63) + 1) & (cap - 1)));
+						return -EAGAIN;
+					}
 				}
 			}
 		}
 	}
+slow:
 	return peek_slow(r, cs, want, p, len);
 }
 
@@ -667,25 +851,37 @@ static int peek_batch_impl(ferry_ring_spsc *r, struct cons cs, uint64_t want,
 		return 0;
 	if (n > INT_MAX)
 		n = INT_MAX;
-	uint64_t head = 0, tail = 0, off = 0, len = 0, adv = 0, pos;
-	int rc = consumer_start(r, cs, cap, &head, &tail, who);
+	uint64_t head = 0, off = 0, len = 0, adv = 0, pos;
+	int rc = consumer_start(r, &head, who);
+	if (FERRY_UNLIKELY(rc))
+		return rc;
+	rc = first_rec(r, cs, cap, head, &off, &len, &adv, who);
 	if (rc)
 		return rc;
+	out[0].p = r->data + off + REC_HDR;
+	out[0].len = (size_t)len;
+	/* checked by next_rec: covers the first record (or is still at its start:
+	 * then the batch is that record), at most a capacity ahead */
+	uint64_t tail = *cs.tail_cache;
+	if (tail - head < adv)
+		tail = head + adv;
 	/*
 	 * Each record's position comes from the previous one's header, so a
 	 * walk over lines the producer just wrote would wait for one line
-	 * transfer after another. The committed span [head, tail) is known:
-	 * keep hints for its lines running PF_AHEAD bytes ahead of the walk
-	 * (prefetches: inside the ring, nothing loaded, nothing ordered).
+	 * transfer after another. The span [head, tail) is known: keep hints
+	 * for its lines running PF_AHEAD bytes ahead of the walk (prefetches:
+	 * inside the ring, nothing loaded, nothing ordered).
 	 */
 	enum { PF_AHEAD = 1024 };
 	uint64_t pf = head & ~(uint64_t)63;
 	uint64_t pf_stop = tail - head < PF_AHEAD ? tail : head + PF_AHEAD;
 	for (; pf < pf_stop; pf += 64)
 		__builtin_prefetch(r->data + (pf & (cap - 1)));
-	size_t i = 0;
-	for (pos = head; i < n && pos != tail; i++) {
-		rc = next_rec(r, cap, pos, tail - pos, &off, &len, &adv, who);
+	size_t i = 1;
+	for (pos = head + adv; i < n && pos != tail; i++) {
+		rc = next_rec(r, cs, cap, pos, &off, &len, &adv, who);
+		if (rc == -EAGAIN)
+			break; /* the next batch's commit word is not out yet */
 		if (FERRY_UNLIKELY(rc))
 			return rc;
 		out[i].p = r->data + off + REC_HDR;
@@ -701,7 +897,7 @@ static int peek_batch_impl(ferry_ring_spsc *r, struct cons cs, uint64_t want,
 
 static inline __attribute__((always_inline)) void release_impl(ferry_ring_spsc *r, struct cons cs)
 {
-	uint64_t adv = *cs.adv;
+	uint64_t a = *cs.adv, adv = (uint32_t)a;
 	if (!adv)
 		return;
 	/*
@@ -712,7 +908,7 @@ static inline __attribute__((always_inline)) void release_impl(ferry_ring_spsc *
 		corrupt(r, "ferry_ring_spsc_release", "peeked record size");
 		return;
 	}
-	*cs.adv = 0;
+	*cs.adv = a - adv;
 	/* relaxed: only this side writes head */
 	uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
 	/*
@@ -854,5 +1050,8 @@ FERRY_API size_t ferry_ring_spsc_used(const ferry_ring_spsc *r)
 	uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
 	uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
 	uint64_t used = tail - head;
+	/* head runs a record past tail while tail, stored after the commit word, is on its way */
+	if ((int64_t)used < 0)
+		return 0;
 	return used > cap ? cap : (size_t)used;
 }

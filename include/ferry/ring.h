@@ -24,33 +24,44 @@
  *     ferry_ring_spsc_commit(r, 80);     ferry_ring_spsc_release(r);
  *
  * A record is written and read in place; reserve may ask for more than it
- * commits. Records are 8-byte aligned behind an 8-byte header (length, kind);
+ * commits. Records are 8-byte aligned behind an 8-byte header (length, kind,
+ * lap);
  * a record never wraps (the producer writes a pad marker to the end of the
  * buffer and starts again at its beginning), so the largest record is a bit
  * under half the capacity (ferry_ring_spsc_max_record), which guarantees that
  * any record fits once the ring has drained. Batches (push_batch, peek_batch)
- * move many records with one index publication.
+ * move many records with one publication.
  *
  * Layout: a header line (magic, version, capacity, mask: immutable after
  * init), the producer's line (tail; then its cached head and its
  * reservation, used by the plain calls only), the consumer's line (head;
  * then its cached tail and the size of what it peeked, plain calls only), a
  * line for the closed word, then the data. Invariants: head <= tail <= head +
- * capacity, as free-running 64-bit byte positions, both multiples of 8. The
- * producer alone writes tail (release, pairs with the consumer's acquire load
- * in peek) and the consumer alone writes head (release, pairs with the
- * producer's acquire load in reserve). The consumer caches tail and reloads
- * it only when the cache says empty; the producer caches head likewise and
- * reloads (and validates) it only when the cache says full, so a rewritten
- * peer index is caught at the next refill, not at every record. A view
- * keeps its side's state in the view, never in the shared header: what the
+ * capacity, as free-running 64-bit byte positions, both multiples of 8 (head
+ * may run up to one commit past a tail still on its way, see below). The commit
+ * word is the first word of what a commit adds - the record's header, or the
+ * pad marker before it: the producer writes the record, zeroes the slot after
+ * it (where the consumer looks next), stores the commit word with release,
+ * then tail. The consumer polls the word at its head (acquire): zero, or a
+ * word of the lap before, means empty; so a record's bytes and its header
+ * come over together, and the consumer need not touch the producer's tail
+ * line per record. It checks a record against tail when its cached tail
+ * covers it, or loads tail - except for a small record whose next slot reads
+ * zero (nothing committed after it), taken at once; tail is then looked at
+ * on a later call, and every 64th empty poll in a row checks it for range.
+ * The consumer alone writes head (release, pairs with the producer's acquire
+ * load in reserve); the producer caches head and reloads (and validates) it
+ * only when the cache says full, so a rewritten peer index is caught at the
+ * next refill or poll check, not at every record. A view keeps its side's
+ * state in the view, never in the shared header: what the
  * peer writes there is never read, and a side that never scribbles a shared
  * line saves a cache-line transfer per record (views are the faster path).
  *
  * Crash consistency (SPSC): a record becomes visible with the single store of
- * tail, after its bytes; a producer that dies before that store leaves
- * nothing half-written to read. A dead side is a dead peer: the layer above
- * (ports) notices it and closes the ring.
+ * its commit word, after its bytes; a producer that dies before that store
+ * leaves nothing half-written to read (one that dies between the commit word
+ * and tail leaves a whole record). A dead side is a dead peer: the layer
+ * above (ports) notices it and closes the ring.
  *
  * ---- MPMC: fixed-size slots ----
  *
@@ -248,7 +259,7 @@ struct ferry_ring_spsc_view {
 	uint64_t head_cache; /**< producer: its last view of head */
 	uint64_t resv;       /**< producer: reserved length + 1; 0 = none */
 	uint64_t tail_cache; /**< consumer: its last view of tail */
-	uint64_t adv;        /**< consumer: bytes release moves head by */
+	uint64_t adv; /**< consumer: bytes release moves head by (low half); empty polls (high) */
 };
 
 /**

@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <stdatomic.h>
@@ -1320,3 +1321,98 @@ Test(ring_spsc, batches_across_the_top_of_the_position_space)
 		free(r);
 	}
 }
+
+/*
+ * A batch producer in another process against a consumer through its view,
+ * taking records one at a time or in batches. The consumer may take a record
+ * before the producer has stored tail (the commit word is the record's
+ * header): a consumer that then compared head with a stale tail reported a
+ * false "head past tail". Records vary in length so that batches wrap with
+ * padding at every offset.
+ */
+#define VB_RECORDS 400000L
+
+static int64_t now_ns(void)
+{
+	return deadline_in(0);
+}
+
+static size_t vb_len(long seq)
+{
+	return 9 + (size_t)(seq * 37 % 193);
+}
+
+static void views_batch_vs_lazy_consumer(unsigned batch, bool single)
+{
+	size_t cap = 16 * 1024, n = ferry_ring_spsc_memsize(cap);
+	void *m = tu_shared_alloc(n);
+	cr_assert_eq(ferry_ring_spsc_init(m, n), 0, "%s", ferry_errmsg());
+	fflush(NULL);
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		struct ferry_ring_spsc_view v;
+		if (ferry_ring_spsc_view_init(&v, m, n))
+			_exit(10);
+		static unsigned char src[64][256];
+		struct ferry_ring_rec recs[64];
+		int64_t deadline = deadline_in(20);
+		for (long seq = 0; seq < VB_RECORDS;) {
+			unsigned k = 0;
+			for (; k < batch && seq + k < VB_RECORDS; k++) {
+				long s = seq + (long)k;
+				memset(src[k], (int)(s & 0xff), vb_len(s));
+				memcpy(src[k], &s, sizeof s);
+				recs[k] = (struct ferry_ring_rec){ src[k], vb_len(s) };
+			}
+			int got = ferry_ring_spsc_view_push_batch(&v, recs, k);
+			if (got == -EAGAIN) {
+				if (now_ns() > deadline)
+					_exit(11);
+				continue;
+			}
+			if (got <= 0)
+				_exit(12);
+			seq += got;
+		}
+		_exit(0);
+	}
+	struct ferry_ring_spsc_view v;
+	cr_assert_eq(ferry_ring_spsc_view_init(&v, m, n), 0, "%s", ferry_errmsg());
+	int64_t deadline = deadline_in(20);
+	long seq = 0;
+	while (seq < VB_RECORDS) {
+		struct ferry_ring_rec recs[64];
+		int k;
+		if (single) {
+			k = ferry_ring_spsc_view_peek(&v, &recs[0].p, &recs[0].len);
+			if (k == 0)
+				k = 1;
+		} else {
+			k = ferry_ring_spsc_view_peek_batch(&v, recs, batch);
+		}
+		if (k == -EAGAIN) {
+			cr_assert_lt(now_ns(), deadline, "stuck at record %ld", seq);
+			continue;
+		}
+		cr_assert_gt(k, 0, "record %ld: %d (%s)", seq, k, ferry_errmsg());
+		for (int i = 0; i < k; i++, seq++) {
+			long s;
+			memcpy(&s, recs[i].p, sizeof s);
+			cr_assert_eq(s, seq, "record %ld arrived as %ld", seq, s);
+			cr_assert_eq(recs[i].len, vb_len(seq), "record %ld: length %zu", seq, recs[i].len);
+			const unsigned char *b = recs[i].p;
+			cr_assert_eq(b[recs[i].len - 1], (unsigned char)(seq & 0xff), "record %ld: last byte", seq);
+		}
+		ferry_ring_spsc_view_release(&v);
+	}
+	int st;
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "producer status 0x%x", st);
+	tu_shared_free(m, n);
+}
+
+Test(ring_spsc, view_batches_across_processes_single_consumer) { views_batch_vs_lazy_consumer(16, true); }
+Test(ring_spsc, view_batches_across_processes_batch_consumer) { views_batch_vs_lazy_consumer(16, false); }
+Test(ring_spsc, view_odd_batches_across_processes) { views_batch_vs_lazy_consumer(5, false); }
+Test(ring_spsc, view_single_pushes_across_processes) { views_batch_vs_lazy_consumer(1, false); }
