@@ -463,10 +463,7 @@ static int port_user(ferry_worker_ctx *ctx)
 	if (ferry_port_post_bytes(q, "from worker", 11, FERRY_FOREVER))
 		return 4;
 	/* Send it home, referenced by the value. */
-	ferry_value *v = ferry_value_handle(FERRY_VALUE_PORT, q);
-	struct ferry_xfer x = { .ports = &q, .nports = 1 };
-	int rc = ferry_port_post(p, v, &x, FERRY_FOREVER);
-	ferry_value_free(v);
+	int rc = tu_post_port(p, q, FERRY_FOREVER);
 	ferry_port_destroy(q);
 	return rc ? 5 : 0;
 }
@@ -1008,11 +1005,7 @@ static int take_big_return_port(ferry_worker_ctx *ctx)
 	if (ferry_port_recv(q, &big, T10S))
 		return 3;
 	ferry_msg_free(big);
-	ferry_value *ref = ferry_value_handle(FERRY_VALUE_PORT, q);
-	ferry_port *const list[1] = { q };
-	struct ferry_xfer x = { .ports = list, .nports = 1 };
-	int rc = ferry_port_post(p, ref, &x, T10S);
-	ferry_value_free(ref);
+	int rc = tu_post_port(p, q, T10S);
 	ferry_port_destroy(q);
 	if (rc)
 		return 4;
@@ -1033,11 +1026,7 @@ static void spill_seen_elsewhere(int backend)
 	ferry_port *p = ferry_worker_port(w);
 	ferry_port *a, *b;
 	cr_assert_eq(ferry_channel(&a, &b, NULL), 0);
-	ferry_value *ref = ferry_value_handle(FERRY_VALUE_PORT, b);
-	ferry_port *const list[1] = { b };
-	struct ferry_xfer x = { .ports = list, .nports = 1 };
-	cr_assert_eq(ferry_port_post(p, ref, &x, T10S), 0, "%s", ferry_errmsg());
-	ferry_value_free(ref);
+	cr_assert_eq(tu_post_port(p, b, T10S), 0, "%s", ferry_errmsg());
 	ferry_port_destroy(b);
 
 	ferry_buf *src;

@@ -404,10 +404,7 @@ static void stash_travels(int backend)
 	ferry_worker *w;
 	cr_assert_eq(ferry_worker_spawn(&w, &o), 0, "%s", ferry_errmsg());
 	ferry_port *wp = ferry_worker_port(w);
-	ferry_value *v = ferry_value_handle(FERRY_VALUE_PORT, b);
-	struct ferry_xfer x = { .ports = &b, .nports = 1 };
-	cr_assert_eq(ferry_port_post(wp, v, &x, T10S), 0, "%s", ferry_errmsg());
-	ferry_value_free(v);
+	cr_assert_eq(tu_post_port(wp, b, T10S), 0, "%s", ferry_errmsg());
 	/* The record follows once the port has arrived. */
 	cr_assert_eq(ferry_port_recv(wp, &m, T10S), 0, "%s", ferry_errmsg());
 	ferry_msg_free(m);
@@ -439,10 +436,7 @@ Test(port_fd, stash_kept_when_the_transfer_fails)
 	char fill[1024] = { 0 };
 	while (ferry_port_post_bytes(c, fill, sizeof fill, 0) == 0)
 		;
-	ferry_value *v = ferry_value_handle(FERRY_VALUE_PORT, b);
-	struct ferry_xfer x = { .ports = &b, .nports = 1 };
-	cr_assert_eq(ferry_port_post(c, v, &x, 0), -EAGAIN, "%s", ferry_errmsg());
-	ferry_value_free(v);
+	cr_assert_eq(tu_post_port(c, b, 0), -EAGAIN, "%s", ferry_errmsg());
 	cr_assert_eq(atomic_load(&b->stash_n), 1, "a failed transfer took the stash");
 	inflight_commit(&f);
 	cr_assert_eq(ferry_port_recv(b, &m, T10S), 0, "%s", ferry_errmsg());

@@ -1,6 +1,7 @@
 #include "util/util.h"
 
 #include <ferry/port.h>
+#include <ferry/value.h>
 #include <ferry/runtime.h>
 #include <ferry/worker.h>
 
@@ -191,6 +192,17 @@ int tu_entry_try_big_malloc(ferry_worker_ctx *ctx)
 	free(big);
 	ferry_port_post_bytes(ferry_worker_ctx_port(ctx), &got_big, sizeof got_big, FERRY_FOREVER);
 	return 0;
+}
+
+int tu_post_port(ferry_port *via, ferry_port *q, int64_t timeout_ns)
+{
+	ferry_value *v = ferry_value_handle(FERRY_VALUE_PORT, q);
+	if (!v)
+		return -ENOMEM;
+	struct ferry_xfer x = { .ports = &q, .nports = 1 };
+	int rc = ferry_port_post(via, v, &x, timeout_ns);
+	ferry_value_free(v);
+	return rc;
 }
 
 void *tu_shared_alloc(size_t size)

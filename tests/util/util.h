@@ -67,6 +67,10 @@ int tu_entry_count_open_files(struct ferry_worker_ctx *ctx);
 /* Whether a 1 GiB malloc succeeds: the worker's RLIMIT_AS. */
 int tu_entry_try_big_malloc(struct ferry_worker_ctx *ctx);
 
+/* Post port @q alone (as the value, in the transfer list) on @via. */
+struct ferry_port;
+int tu_post_port(struct ferry_port *via, struct ferry_port *q, int64_t timeout_ns);
+
 /* A shared anonymous mapping (survives fork), @size bytes, zeroed. */
 void *tu_shared_alloc(size_t size);
 void tu_shared_free(void *p, size_t size);
