@@ -1028,6 +1028,50 @@ static struct key __attribute__((noinline)) dec_key(struct dec *d, char *slot)
 	return out;
 }
 
+/*
+ * A map key at *@pp into @kid: a short text key (0x60..0x6f, with 16 bytes
+ * readable after its head) ASCII-checked and stored as two masked words
+ * (the zero padding is the NUL), returned in @a and @b with *@fast set;
+ * anything else through dec_key(), with @a and @b the stored words of a key
+ * of up to 15 bytes (0 for a longer one). Returns false on a decode error
+ * (in d->err).
+ */
+static inline __attribute__((always_inline)) bool
+map_key(struct dec *d, const uint8_t **pp, char *kid, char **k, size_t *klen, uint64_t *a,
+	uint64_t *b, bool *fast)
+{
+	const uint8_t *p = *pp;
+	size_t n = (size_t)(d->end - p) >= 17 ? (size_t)*p - 0x60 : 16;
+	uint64_t wa, wb;
+	if (FERRY_LIKELY(n <= 15) &&
+	    (wa = fv_ld64(p + 1) & ferry__fv_mask16[n][0],
+	     wb = fv_ld64(p + 9) & ferry__fv_mask16[n][1],
+	     FERRY_LIKELY(!((wa | wb) & FV_HIGH_BITS)))) {
+		char *key = kid + KID_KEY;
+		FV_IN_REGS(wa, wb);
+		fv_st64(key, wa);
+		fv_st64(key + 8, wb);
+		*k = key;
+		*klen = n;
+		*a = wa;
+		*b = wb;
+		*fast = true;
+		*pp = p + 1 + n;
+		return true;
+	}
+	d->p = p;
+	struct key sk = dec_key(d, kid + KID_KEY);
+	if (!sk.k)
+		return false;
+	*k = sk.k;
+	*klen = sk.klen;
+	*a = sk.klen <= 15 ? fv_ld64(sk.k) : 0;
+	*b = sk.klen <= 15 ? fv_ld64(sk.k + 8) : 0;
+	*fast = false;
+	*pp = d->p;
+	return true;
+}
+
 static int __attribute__((noinline, cold))
 dup_key(struct dec *d, const uint8_t *at, const char *k, size_t klen)
 {
@@ -1076,33 +1120,14 @@ dec_map(struct dec *d, const uint8_t *at, uint64_t n, unsigned depth, size_t slo
 		for (uint32_t i = 0; i < cap; i++) {
 			char *kid = kids + (size_t)i * MAP_STRIDE;
 			const uint8_t *kat = p;
-			/* a short text head (0x60..0x6f), 16 bytes readable after it */
-			size_t klen = (size_t)(d->end - p) >= 17 ? (size_t)*p - 0x60 : 16;
 			char *k;
-			uint32_t hash;
+			size_t klen;
 			uint64_t a, b;
-			if (FERRY_LIKELY(klen <= 15) &&
-			    (a = fv_ld64(p + 1) & ferry__fv_mask16[klen][0],
-			     b = fv_ld64(p + 9) & ferry__fv_mask16[klen][1],
-			     FERRY_LIKELY(!((a | b) & FV_HIGH_BITS)))) {
-				/* The key as two words: masked, checked, hashed and
-				 * stored whole (the zero padding is the NUL). */
-				k = kid + KID_KEY;
-				FV_IN_REGS(a, b);
-				fv_st64(k, a);
-				fv_st64(k + 8, b);
-				hash = fv_hash16(a, b, klen, seed);
-				p += 1 + klen;
-			} else {
-				d->p = p;
-				struct key sk = dec_key(d, kid + KID_KEY);
-				if (!sk.k)
-					return d->err;
-				k = sk.k;
-				klen = sk.klen;
-				p = d->p;
-				hash = fv_hash(k, klen);
-			}
+			bool fast;
+			if (FERRY_UNLIKELY(!map_key(d, &p, kid, &k, &klen, &a, &b, &fast)))
+				return d->err;
+			/* A short key hashes from the two words it is held in. */
+			uint32_t hash = fast ? fv_hash16(a, b, klen, seed) : fv_hash(k, klen);
 			/* Duplicate check, then the entry and its index slot
 			 * take the key before the value is decoded (fewer
 			 * values to keep across it): the value cannot reach
@@ -1135,29 +1160,12 @@ dec_map(struct dec *d, const uint8_t *at, uint64_t n, unsigned depth, size_t slo
 		for (uint32_t i = 0; i < cap; i++) {
 			char *kid = kids + (size_t)i * MAP_STRIDE;
 			const uint8_t *kat = p;
-			size_t klen = (size_t)(d->end - p) >= 17 ? (size_t)*p - 0x60 : 16;
 			char *k;
+			size_t klen;
 			uint64_t a, b;
-			if (FERRY_LIKELY(klen <= 15) &&
-			    (a = fv_ld64(p + 1) & ferry__fv_mask16[klen][0],
-			     b = fv_ld64(p + 9) & ferry__fv_mask16[klen][1],
-			     FERRY_LIKELY(!((a | b) & FV_HIGH_BITS)))) {
-				k = kid + KID_KEY;
-				FV_IN_REGS(a, b);
-				fv_st64(k, a);
-				fv_st64(k + 8, b);
-				p += 1 + klen;
-			} else {
-				d->p = p;
-				struct key sk = dec_key(d, kid + KID_KEY);
-				if (!sk.k)
-					return d->err;
-				k = sk.k;
-				klen = sk.klen;
-				p = d->p;
-				a = klen <= 15 ? fv_ld64(k) : 0;
-				b = klen <= 15 ? fv_ld64(k + 8) : 0;
-			}
+			bool fast;
+			if (FERRY_UNLIKELY(!map_key(d, &p, kid, &k, &klen, &a, &b, &fast)))
+				return d->err;
 			if (klen <= 15) {
 				uint64_t bk = b | (uint64_t)klen << 56;
 				for (uint32_t j = 0; j < i; j++)
