@@ -47,6 +47,7 @@ enum pay_kind {
 	PK_SHARED,    /* shared buffer there, 8 B ack back */
 	PK_OBJECT,    /* ~1 KiB structured object cloned both ways */
 	PK_ONEWAY,    /* buffer cloned there, 8 B ack back */
+	PK_ONEWAY_ZC, /* the same to a port set to zero-copy receive */
 };
 
 struct pay_param {
@@ -178,6 +179,7 @@ enum pw_how {
  * copy from the fork). */
 struct pw_cfg {
 	int cpu;
+	int zero_copy; /* ferry_port_set_zero_copy on the worker's port */
 	enum ferry_wait_mode mode;
 	enum pw_how how;
 	int64_t timeout_ns;
@@ -239,7 +241,8 @@ static int pw_entry(ferry_worker_ctx *wc)
 	const struct pw_cfg *cfg = ferry_worker_ctx_arg(wc);
 	ferry_port *p = ferry_worker_ctx_port(wc);
 	pw_pin(cfg->cpu);
-	if (ferry_port_set_wait(p, cfg->mode, 0) != 0)
+	if (ferry_port_set_wait(p, cfg->mode, 0) != 0 ||
+	    (cfg->zero_copy && ferry_port_set_zero_copy(p, 1) != 0))
 		return PW_ESETWAIT;
 	for (;;) {
 		ferry_msg *m;
@@ -273,7 +276,7 @@ static const char *pw_code_name(int code)
 {
 	switch (code) {
 	case PW_ESETWAIT:
-		return " (ferry_port_set_wait failed)";
+		return " (ferry_port_set_wait or _set_zero_copy failed)";
 	case PW_ERECV:
 		return " (ferry_port_recv failed)";
 	case PW_EPOST:
@@ -292,12 +295,14 @@ static int pw_start(struct bench_ctx *ctx, const struct pay_param *prm, ferry_wo
 	pw_cfg.cpu = ctx->cpu_peer;
 	pw_cfg.mode = prm->mode;
 	pw_cfg.timeout_ns = ctx->peer_timeout_ns;
+	pw_cfg.zero_copy = prm->kind == PK_ONEWAY_ZC;
 	switch (prm->kind) {
 	case PK_XFER:
 		pw_cfg.how = PW_ECHO_XFER;
 		break;
 	case PK_SHARED:
 	case PK_ONEWAY:
+	case PK_ONEWAY_ZC:
 		pw_cfg.how = PW_ACK;
 		break;
 	default:
@@ -596,6 +601,7 @@ static int pay_round(struct bench_ctx *ctx, struct pay_state *st, int verify)
 		return 0;
 	}
 	case PK_ONEWAY:
+	case PK_ONEWAY_ZC:
 		r = ferry_port_post(p, st->val, NULL, ctx->peer_timeout_ns);
 		if (r)
 			return bench_ferry_fail(ctx, r, "ferry_port_post");
@@ -626,6 +632,7 @@ static int pay_setup(struct bench_ctx *ctx, struct pay_state *st)
 	case PK_XFER:
 	case PK_SHARED:
 	case PK_ONEWAY:
+	case PK_ONEWAY_ZC:
 		r = ferry_buf_create(&st->buf, size, prm->kind == PK_SHARED ? FERRY_BUF_SHARED : 0);
 		if (r)
 			return bench_ferry_fail(ctx, r, "ferry_buf_create");
@@ -793,5 +800,9 @@ static const struct bench_scenario payload_scenarios[] = {
 	ROW2("payload.object1k", G_OBJECT, 370, "1 KiB object (Node: 84-88 us)", RAW, PK_OBJECT,
 	     0),
 	ROW2("payload.oneway1m", G_ONEWAY, 380, "clone 1 MiB one way", MEMRT, PK_ONEWAY, MIB),
+	/* the receiver trusts its peer with the spill (ferry_port_set_zero_copy):
+	 * a process worker then reads it in place, as a thread does anyway */
+	ROW2("payload.oneway1m_zc", G_ONEWAY, 382, "clone 1 MiB one way, zero-copy receive", MEMRT,
+	     PK_ONEWAY_ZC, MIB),
 };
 BENCH_REGISTER(payload_scenarios)

@@ -424,6 +424,10 @@ static int send_fds(ferry_port *p, uint64_t seq, const int *fds, unsigned n, int
 struct spill_hdr {
 	uint64_t magic;
 	_Atomic uint32_t busy; /* sender sets, receiver clears when done */
+	/* Buffers a receiver in another process was handed over in place
+	 * (ferry_port_set_zero_copy) and still uses: each adds one, and takes
+	 * it off when it lets go of the bytes. */
+	_Atomic uint32_t holds;
 };
 
 /*
@@ -637,8 +641,10 @@ static int spill_take(ferry_port *p, size_t body_len, ferry_seg **out)
 		/* acquire: pairs with the receiver's release once it has decoded. */
 		if (atomic_load_explicit(&h->busy, memory_order_acquire))
 			continue;
-		/* Buffers handed out of it in this process still use it. */
-		if (ferry__seg_refs(s) > 1) {
+		/* Buffers handed out of it, in this process or (zero-copy) in the
+		 * receiver's, still use it. acquire: pairs with the release as
+		 * each lets go; their reads come before our writes. */
+		if (ferry__seg_refs(s) > 1 || atomic_load_explicit(&h->holds, memory_order_acquire)) {
 			held = i;
 			continue;
 		}
@@ -1122,6 +1128,7 @@ int ferry__msg_decode(ferry_port *p, const unsigned char *rec, size_t len, ferry
 	struct ferry_clone_handle *table = NULL;
 	ferry_seg *spill = NULL;
 	ferry_seg *own = NULL; /* the sender's segment, read in place (spill_own) */
+	ferry_seg *in_place = NULL; /* own, or a zero-copy port's mapping of the spill */
 	int hand = 0;          /* hand its big inline buffers over */
 	ferry_msg *m = NULL;
 
@@ -1250,7 +1257,10 @@ int ferry__msg_decode(ferry_port *p, const unsigned char *rec, size_t len, ferry
 		goto fail;
 	}
 
-	if (own) {
+	/* A spill from another process is handed over in place only on a port
+	 * that trusts its peer with it (ferry_port_set_zero_copy). */
+	in_place = own ? own : spilled && p->zero_copy ? spill : NULL;
+	if (in_place) {
 		/* In place only when the big buffers are most of the body: each
 		 * one handed out keeps the whole segment. */
 		uint64_t big = 0;
@@ -1273,10 +1283,21 @@ int ferry__msg_decode(ferry_port *p, const unsigned char *rec, size_t len, ferry
 				goto fail;
 			}
 			if (hand && d->len >= HAND_MIN) {
-				rc = ferry__buf_from_seg_at(&b, ferry_seg_ref(own),
-							    (unsigned char *)(uintptr_t)(body + d->off), d->len);
-				if (rc)
-					ferry_seg_unref(own);
+				/* Another process's segment: the sender must not
+				 * reuse it while the buffer lives (spill_take). */
+				_Atomic uint32_t *hold =
+					own ? NULL : &((struct spill_hdr *)ferry_seg_data(spill))->holds;
+				if (hold)
+					/* relaxed: published by the release of busy below */
+					atomic_fetch_add_explicit(hold, 1, memory_order_relaxed);
+				rc = ferry__buf_from_seg_at(&b, ferry_seg_ref(in_place),
+							    (unsigned char *)(uintptr_t)(body + d->off),
+							    d->len, hold);
+				if (rc) {
+					ferry_seg_unref(in_place);
+					if (hold)
+						atomic_fetch_sub_explicit(hold, 1, memory_order_relaxed);
+				}
 			} else {
 				rc = ferry__buf_from_bytes(&b, body + d->off, d->len);
 			}

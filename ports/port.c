@@ -1095,6 +1095,16 @@ FERRY_API int ferry_port_set_wait(ferry_port *p, enum ferry_wait_mode mode, int6
 	return 0;
 }
 
+FERRY_API int ferry_port_set_zero_copy(ferry_port *p, int on)
+{
+	if (!p)
+		return ferry__fail(-EINVAL, "ferry_port_set_zero_copy: port is NULL");
+	if (p->detached)
+		return ferry__fail(FERRY_EDETACHED, "ferry_port_set_zero_copy: the port was transferred away");
+	p->zero_copy = on != 0;
+	return 0;
+}
+
 FERRY_API void ferry_port_close(ferry_port *p)
 {
 	if (!p || p->detached || atomic_exchange_explicit(&p->closed, 1, memory_order_relaxed))

@@ -136,6 +136,7 @@ struct ferry_port {
 	} spill_rx[FERRY_SPILL_CACHE];
 	uint64_t spill_clock;
 	int fd_mode;                /* ferry_port_fd was asked for: arm it on -EAGAIN */
+	int zero_copy;              /* ferry_port_set_zero_copy: spills from a peer read in place */
 	/* Control records reaching ferry_port_recv go here (runtime/worker.c). */
 	void (*ctrl_fn)(void *arg, const struct ferry_msg *msg);
 	void *ctrl_arg;

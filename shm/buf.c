@@ -3,6 +3,7 @@
 #include "shm/err.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,6 +51,7 @@ struct ferry_buf {
 	size_t len;
 	ferry_seg *seg; /* NULL: data is malloc'd (or the static empty byte) */
 	struct shared_ent *ent; /* a shared buffer's entry in the inode cache */
+	_Atomic uint32_t *hold; /* a count in @seg its sender reads (zero-copy receive) */
 	int shared;
 	int detached;
 };
@@ -280,6 +282,11 @@ void ferry__buf_detach(ferry_buf *b)
 	if (b->detached)
 		return;
 	shared_leave(b);
+	if (b->hold)
+		/* release: our reads of the bytes come before the sender's next
+		 * writes (it acquires the count before it reuses the segment) */
+		atomic_fetch_sub_explicit(b->hold, 1, memory_order_release);
+	b->hold = NULL;
 	if (b->seg)
 		ferry_seg_unref(b->seg);
 	else if (b->data != empty_bytes)
@@ -300,9 +307,12 @@ FERRY_API void ferry_buf_free(ferry_buf *b)
 
 /* Added for ports/msg.c: a plain buffer of @len bytes at @data inside @seg
  * (taking the caller's reference), e.g. part of a spilled body handed over
- * within one process. Its bytes need not start the segment, so a move of it
- * must copy (msg.c checks ferry_buf_data against ferry_seg_data). */
-int ferry__buf_from_seg_at(ferry_buf **out, ferry_seg *seg, void *data, size_t len)
+ * in place. Its bytes need not start the segment, so a move of it must copy
+ * (msg.c checks ferry_buf_data against ferry_seg_data). @hold: NULL, or a
+ * count in @seg the caller has raised for this buffer, lowered when the
+ * buffer lets go of the bytes. */
+int ferry__buf_from_seg_at(ferry_buf **out, ferry_seg *seg, void *data, size_t len,
+			   _Atomic uint32_t *hold)
 {
 	ferry_buf *b = handle_new();
 	if (!b)
@@ -310,6 +320,7 @@ int ferry__buf_from_seg_at(ferry_buf **out, ferry_seg *seg, void *data, size_t l
 	b->seg = seg;
 	b->data = data;
 	b->len = len;
+	b->hold = hold;
 	*out = b;
 	return 0;
 }

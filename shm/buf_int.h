@@ -5,6 +5,9 @@
 #include "ferry/buf.h"
 #include "ferry/seg.h"
 
+#include <stdatomic.h>
+#include <stdint.h>
+
 /* The segment behind @buf, or NULL when its bytes live on the heap. */
 ferry_seg *ferry__buf_seg(const ferry_buf *buf);
 
@@ -25,7 +28,10 @@ int ferry__buf_import_shared(ferry_buf **out, int fd, size_t len);
 int ferry__buf_from_bytes(ferry_buf **out, const void *data, size_t len);
 
 /* A new plain handle over @len bytes at @data inside @seg (taking the
- * caller's reference); the bytes need not start the segment. */
-int ferry__buf_from_seg_at(ferry_buf **out, ferry_seg *seg, void *data, size_t len);
+ * caller's reference); the bytes need not start the segment. @hold: NULL, or
+ * a count in @seg the caller raised for this buffer: the buffer lowers it
+ * (release) when it lets go of the bytes (freed, detached, moved on). */
+int ferry__buf_from_seg_at(ferry_buf **out, ferry_seg *seg, void *data, size_t len,
+			   _Atomic uint32_t *hold);
 
 #endif

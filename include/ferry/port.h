@@ -190,6 +190,31 @@ FERRY_API int ferry_port_set_wait(ferry_port *port, enum ferry_wait_mode mode,
 				  int64_t spin_ns);
 
 /**
+ * Let large clones arriving on @p port from another process be handed over
+ * in place (zero-copy receive), trusting the peer with it.
+ *
+ * A clone too big for the ring travels in a spill segment that the sender
+ * reuses. Between threads its big buffers are always handed over in place;
+ * a receiver in another process copies them out by default, since the
+ * sender keeps write access to those pages and a peer process may be hostile
+ * (docs/security.md). With @p on, the buffers of 64 KiB and more that make
+ * at least half of a spilled message arrive as buffers over the sender's
+ * segment, so that the whole trip costs the sender's one copy, as between
+ * threads. The sender does not reuse the segment while any of them lives:
+ * each holds a count in the segment until it is freed or detached. A peer
+ * that breaks that rule (a hostile one) can change the bytes of such a
+ * buffer after it arrived, and nothing more: reads stay in bounds, the
+ * message still decodes or fails as a whole, and every other promise holds.
+ * A buffer handed over this way moves on (a transfer) as a copy. The setting
+ * belongs to this end of the channel: a transferred port arrives with it off.
+ *
+ * @param port the receiving port.
+ * @param on nonzero to hand over in place, 0 for copies (the default).
+ * @return 0, -EINVAL (NULL port), FERRY_EDETACHED (the port was transferred).
+ */
+FERRY_API int ferry_port_set_zero_copy(ferry_port *port, int on);
+
+/**
  * Close the channel from this side.
  *
  * The peer receives

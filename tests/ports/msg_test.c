@@ -905,6 +905,14 @@ static int handed_over(const ferry_buf *h)
 	return ferry__buf_seg(h) != NULL;
 }
 
+/* The next message on @p holds a big buffer filled with @seed. */
+static void expect_back(ferry_port *p, unsigned char seed)
+{
+	ferry_msg *back = recv_ok(p);
+	cr_assert(hand_holds(hand_buf(back), seed), "the moved buffer came back different");
+	ferry_msg_free(back);
+}
+
 /* Both ends in this process: the big buffer is read in place, it is the
  * snapshot of the post (the sender's later writes do not reach it), and the
  * sender does not reuse its segment while the receiver holds the buffer. */
@@ -975,9 +983,7 @@ static void handed_over_moves(int backend)
 	struct ferry_xfer x = { .bufs = list, .nbufs = 1 };
 	cr_assert_eq(ferry_port_post(p, hv, &x, T10S), 0, "%s", ferry_errmsg());
 	cr_assert(ferry_buf_is_detached(h));
-	ferry_msg *back = recv_ok(p);
-	cr_assert(hand_holds(hand_buf(back), 3), "the moved buffer came back different");
-	ferry_msg_free(back);
+	expect_back(p, 3);
 	finish(w);
 	ferry_value_free(hv);
 	ferry_buf_free(h);
@@ -1080,6 +1086,21 @@ static int report_hand(ferry_worker_ctx *ctx)
 	}
 }
 
+/* Post @v on @p; the worker's one-byte answer ('?' if it is not one byte).
+ * The source buffer is scribbled on right after the post, which must not
+ * reach what was sent. */
+static char post_for_code(ferry_port *p, const ferry_value *v)
+{
+	cr_assert_eq(ferry_port_post(p, v, NULL, T10S), 0, "%s", ferry_errmsg());
+	enum ferry_value_kind k;
+	ferry_buf *src = ferry_value_get_handle(v, &k);
+	memset(ferry_buf_data(src), 0xee, ferry_buf_len(src));
+	ferry_msg *m = recv_ok(p);
+	char code = ferry_msg_len(m) == 1 ? *(const char *)ferry_msg_data(m) : '?';
+	ferry_msg_free(m);
+	return code;
+}
+
 /* A worker thread's port never left the process: it reads big clones in
  * place. A worker process always copies them out. */
 static void worker_big_clones(int backend)
@@ -1088,13 +1109,10 @@ static void worker_big_clones(int backend)
 	ferry_port *p = ferry_worker_port(w);
 	ferry_buf *src;
 	cr_assert_eq(ferry_buf_create(&src, HAND_BYTES, 0), 0);
-	hand_fill(src, 8);
 	ferry_value *v = ferry_value_handle(FERRY_VALUE_BUF, src);
 	for (int i = 0; i < 5; i++) {
-		cr_assert_eq(ferry_port_post(p, v, NULL, T10S), 0, "%s", ferry_errmsg());
-		ferry_msg *m = recv_ok(p);
-		char code = ferry_msg_len(m) == 1 ? *(const char *)ferry_msg_data(m) : '?';
-		ferry_msg_free(m);
+		hand_fill(src, 8);
+		char code = post_for_code(p, v);
 		cr_assert_eq(code, backend == FERRY_THREAD ? 'h' : 'c', "message %d: worker says %c", i,
 			     code);
 	}
@@ -1105,6 +1123,117 @@ static void worker_big_clones(int backend)
 
 Test(msg, worker_thread_reads_big_clones_in_place) { worker_big_clones(FERRY_THREAD); }
 Test(msg, worker_process_copies_big_clones_out) { worker_big_clones(FERRY_PROCESS); }
+
+/* ---- zero-copy receive (ferry_port_set_zero_copy) ---- */
+
+#define ZC_KEPT 6
+
+/* The worker turns zero-copy on, then: keeps ZC_KEPT big clones (seeds 0..),
+ * answering per message 'h' (in place, it and every kept one intact), 'c'
+ * (copied out, all intact) or 'x'; frees them; answers 20 more (seeds 20..)
+ * the same way; moves the buffer of one last clone (seed 50) back to the
+ * parent; ends at the parent's null. */
+static int zc_worker(ferry_worker_ctx *ctx)
+{
+	ferry_port *p = ferry_worker_ctx_port(ctx);
+	if (ferry_port_set_zero_copy(p, 1))
+		return 1;
+	ferry_msg *kept[ZC_KEPT];
+	for (int i = 0; i < ZC_KEPT + 21; i++) {
+		ferry_msg *m;
+		if (ferry_port_recv(p, &m, T10S))
+			return 2;
+		enum ferry_value_kind k = FERRY_VALUE_UNDEFINED;
+		ferry_buf *h = ferry_value_get_handle(ferry_msg_value(m), &k);
+		if (!h || k != FERRY_VALUE_BUF)
+			return 3;
+		if (i == ZC_KEPT + 20) {
+			/* moved on: it travels as a copy, and lets go of the segment */
+			ferry_value *v = ferry_value_handle(FERRY_VALUE_BUF, h);
+			ferry_buf *const list[1] = { h };
+			struct ferry_xfer x = { .bufs = list, .nbufs = 1 };
+			int rc = v ? ferry_port_post(p, v, &x, T10S) : -ENOMEM;
+			ferry_value_free(v);
+			int detached = ferry_buf_is_detached(h) == 1;
+			ferry_msg_free(m);
+			if (rc || !detached)
+				return 4;
+			break;
+		}
+		unsigned char seed = (unsigned char)(i < ZC_KEPT ? i : i - ZC_KEPT + 20);
+		int ok = hand_holds(h, seed);
+		if (i < ZC_KEPT) {
+			kept[i] = m;
+			for (int j = 0; j < i; j++)
+				ok = ok && hand_holds(hand_buf(kept[j]), (unsigned char)j);
+		}
+		char code = !ok ? 'x' : handed_over(h) ? 'h' : 'c';
+		if (i >= ZC_KEPT)
+			ferry_msg_free(m);
+		if (i == ZC_KEPT - 1)
+			for (int j = 0; j < ZC_KEPT; j++)
+				ferry_msg_free(kept[j]);
+		if (ferry_port_post_bytes(p, &code, 1, T10S))
+			return 5;
+	}
+	ferry_msg *m;
+	if (ferry_port_recv(p, &m, T10S) == 0) /* the parent's null */
+		ferry_msg_free(m);
+	return 0;
+}
+
+/* A port set to zero-copy reads big clones in place on both backends: each
+ * one is the snapshot of its post (the sender's later writes do not reach it,
+ * nor do its later messages while the receiver keeps it), the segments are
+ * reused once let go of (no pile-up at the sender), and a buffer moved on
+ * arrives whole. */
+static void zero_copy_worker(int backend)
+{
+	ferry_worker *w = spawn(backend, zc_worker);
+	ferry_port *p = ferry_worker_port(w);
+	ferry_buf *src;
+	cr_assert_eq(ferry_buf_create(&src, HAND_BYTES, 0), 0);
+	ferry_value *v = ferry_value_handle(FERRY_VALUE_BUF, src);
+	int maps = 0;
+	for (int i = 0; i < ZC_KEPT + 20; i++) {
+		hand_fill(src, (unsigned char)(i < ZC_KEPT ? i : i - ZC_KEPT + 20));
+		char code = post_for_code(p, v);
+		cr_assert_eq(code, 'h', "message %d: the worker says %c", i, code);
+		if (i == ZC_KEPT + 4)
+			maps = tu_count_maps();
+	}
+	cr_assert_leq(tu_count_maps(), maps, "spill segments pile up: %d mappings, %d before",
+		      tu_count_maps(), maps);
+	hand_fill(src, 50);
+	cr_assert_eq(ferry_port_post(p, v, NULL, T10S), 0, "%s", ferry_errmsg());
+	expect_back(p, 50);
+	finish(w);
+	ferry_value_free(v);
+	ferry_buf_free(src);
+}
+
+Test(msg, zero_copy_reads_big_clones_in_place_thread) { zero_copy_worker(FERRY_THREAD); }
+Test(msg, zero_copy_reads_big_clones_in_place_process) { zero_copy_worker(FERRY_PROCESS); }
+
+Test(msg, set_zero_copy_arguments)
+{
+	cr_expect_eq(ferry_port_set_zero_copy(NULL, 1), -EINVAL);
+	cr_expect(strstr(ferry_errmsg(), "NULL") != NULL, "%s", ferry_errmsg());
+	ferry_port *a, *b, *c, *d;
+	cr_assert_eq(ferry_channel(&a, &b, NULL), 0);
+	cr_assert_eq(ferry_channel(&c, &d, NULL), 0);
+	cr_expect_eq(ferry_port_set_zero_copy(b, 1), 0);
+	cr_expect_eq(ferry_port_set_zero_copy(b, 0), 0);
+	/* d travels to b's side: the old handle is detached */
+	cr_assert_eq(tu_post_port(a, d, T10S), 0, "%s", ferry_errmsg());
+	cr_expect_eq(ferry_port_set_zero_copy(d, 1), FERRY_EDETACHED);
+	ferry_msg *m = recv_ok(b);
+	ferry_msg_free(m);
+	ferry_port_destroy(a);
+	ferry_port_destroy(b);
+	ferry_port_destroy(c);
+	ferry_port_destroy(d);
+}
 
 /* A fork copies every spill segment alive at that moment (fd and mapping)
  * into the child: from then on they are copied out, also in the parent. */
