@@ -11,6 +11,8 @@
  *           segments, shared buffers); the worker checks each (sequence,
  *           checksum) and echoes it back, moving the buffers back; the
  *           driver checks every echo;
+ *           either end may take big clones in place (ferry_port_set_zero_copy,
+ *           chosen at every spawn);
  *   shared  the worker writes a mark into a shared buffer; the driver sees it;
  *   relay   a fresh channel whose ends go to two workers (thread<->process,
  *           process<->process, ...): one posts a stream of stamped records,
@@ -221,9 +223,14 @@ static int64_t relay_recv(ferry_port *q, int64_t n)
 	return n;
 }
 
+/* A worker given this as its argument takes big clones in place. */
+static const int zero_copy_on = 1;
+
 static int soak_worker(ferry_worker_ctx *ctx)
 {
 	ferry_port *p = ferry_worker_ctx_port(ctx);
+	if (ferry_worker_ctx_arg(ctx) && ferry_port_set_zero_copy(p, 1))
+		return 29;
 	uint64_t expect = 0;
 	for (;;) {
 		ferry_msg *m = NULL;
@@ -340,10 +347,16 @@ static uint64_t rng;
 
 static void spawn(struct slot *s)
 {
-	s->backend = rng_next(&rng) % 2 ? FERRY_PROCESS : FERRY_THREAD;
-	struct ferry_worker_opts o = { .backend = s->backend, .entry = soak_worker, .name = "soak" };
+	/* one draw, as before: the backend from bit 0 (seeds keep their runs),
+	 * zero-copy receive on the worker's and the driver's end from bits 8, 9 */
+	uint64_t r = rng_next(&rng);
+	s->backend = r % 2 ? FERRY_PROCESS : FERRY_THREAD;
+	struct ferry_worker_opts o = { .backend = s->backend, .entry = soak_worker, .name = "soak",
+				       .arg = (r >> 8 & 1) ? (void *)&zero_copy_on : NULL };
 	int rc = ferry_worker_spawn(&s->w, &o);
 	CHECK(rc == 0, "spawn (%s): %d %s", s->backend ? "process" : "thread", rc, ferry_errmsg());
+	rc = ferry_port_set_zero_copy(ferry_worker_port(s->w), (int)(r >> 9 & 1));
+	CHECK(rc == 0, "set_zero_copy: %d %s", rc, ferry_errmsg());
 	s->seq = 0;
 	if (s->backend == FERRY_PROCESS)
 		rep->spawns_process++;
