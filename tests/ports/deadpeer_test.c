@@ -53,20 +53,6 @@ struct shared {
 	atomic_int go;     /* stopped_peer: post one more, then close */
 };
 
-static int64_t now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * SEC + ts.tv_nsec;
-}
-
-static void sleep_ms(int ms)
-{
-	struct timespec ts = { ms / 1000, (long)(ms % 1000) * MS };
-	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-		;
-}
-
 /* Voluntary context switches of thread @tid: how often it went to sleep. */
 static long ctxsw(pid_t tid)
 {
@@ -85,10 +71,10 @@ static long ctxsw(pid_t tid)
 
 static void await_flag(atomic_int *f, int want)
 {
-	int64_t until = now_ns() + 20 * SEC;
+	int64_t until = tu_now_ns() + 20 * SEC;
 	while (atomic_load(f) < want) {
-		cr_assert_lt(now_ns(), until, "the peer never got ready");
-		sleep_ms(1);
+		cr_assert_lt(tu_now_ns(), until, "the peer never got ready");
+		tu_sleep_ms(1);
 	}
 }
 
@@ -110,7 +96,7 @@ static int post_all(ferry_port *p, struct shared *sh, int then_close)
 	while (!then_close)
 		pause();
 	while (!atomic_load(&sh->go))
-		sleep_ms(1);
+		tu_sleep_ms(1);
 	int extra = NMSG;
 	if (ferry_port_post_bytes(p, &extra, sizeof extra, 10 * SEC))
 		return 12;
@@ -138,7 +124,7 @@ static void *rx_main(void *arg)
 		ferry_msg *m = NULL;
 		int rc = ferry_port_recv(r->p, &m, FERRY_FOREVER);
 		if (rc) {
-			r->t_end = now_ns();
+			r->t_end = tu_now_ns();
 			atomic_store(&r->rc, rc);
 			return NULL;
 		}
@@ -170,15 +156,15 @@ static void kill_blocked_receiver(ferry_port *p, pid_t pid, struct shared *sh, e
 	struct rx r = { .p = p };
 	pthread_t th;
 	cr_assert_eq(pthread_create(&th, NULL, rx_main, &r), 0);
-	int64_t until = now_ns() + 20 * SEC;
+	int64_t until = tu_now_ns() + 20 * SEC;
 	while (atomic_load(&r.got) < NMSG + 1) {
-		cr_assert_lt(now_ns(), until, "only %d of %d messages arrived", atomic_load(&r.got), NMSG + 1);
-		sleep_ms(1);
+		cr_assert_lt(tu_now_ns(), until, "only %d of %d messages arrived", atomic_load(&r.got), NMSG + 1);
+		tu_sleep_ms(1);
 	}
-	sleep_ms(100); /* asleep by now, whatever the spin budget */
+	tu_sleep_ms(100); /* asleep by now, whatever the spin budget */
 	pid_t tid = (pid_t)atomic_load(&r.tid);
 	long c0 = ctxsw(tid);
-	sleep_ms(400);
+	tu_sleep_ms(400);
 	long c1 = ctxsw(tid);
 	cr_expect(c0 >= 0 && c1 >= 0, "no /proc status for the receiver");
 	/* One sleep at most (the one it was about to start); a sliced sleep
@@ -186,7 +172,7 @@ static void kill_blocked_receiver(ferry_port *p, pid_t pid, struct shared *sh, e
 	cr_expect_leq(c1 - c0, 2, "a receiver blocked on a live peer woke %ld times in 400 ms", c1 - c0);
 	cr_expect_eq(atomic_load(&r.rc), 0, "the receiver returned %d while the peer lives",
 		     atomic_load(&r.rc));
-	int64_t t0 = now_ns();
+	int64_t t0 = tu_now_ns();
 	cr_assert_eq(kill(pid, SIGKILL), 0);
 	pthread_join(th, NULL);
 	int rc = atomic_load(&r.rc);
@@ -366,28 +352,28 @@ static void blocked_sender(enum ferry_wait_mode mode)
 	cr_assert_eq(pthread_create(&th, NULL, tx_main, &t), 0);
 	/* The ring fills; the sender blocks. */
 	int last = -1;
-	int64_t until = now_ns() + 20 * SEC;
+	int64_t until = tu_now_ns() + 20 * SEC;
 	for (;;) {
-		sleep_ms(100);
+		tu_sleep_ms(100);
 		int n = atomic_load(&t.sent);
 		if (n == last && n > 0)
 			break;
 		last = n;
-		cr_assert_lt(now_ns(), until, "the sender never blocked");
+		cr_assert_lt(tu_now_ns(), until, "the sender never blocked");
 	}
 	pid_t tid = (pid_t)atomic_load(&t.tid);
 	long c0 = ctxsw(tid);
-	sleep_ms(400);
+	tu_sleep_ms(400);
 	long c1 = ctxsw(tid);
 	cr_expect_leq(c1 - c0, 2, "a sender blocked on a live peer woke %ld times in 400 ms", c1 - c0);
 	cr_expect_eq(atomic_load(&t.rc), 0, "the sender returned %d while the peer lives",
 		     atomic_load(&t.rc));
-	int64_t t0 = now_ns();
+	int64_t t0 = tu_now_ns();
 	cr_assert_eq(kill(pid, SIGKILL), 0);
 	pthread_join(th, NULL);
 	int rc = atomic_load(&t.rc);
 	cr_assert_eq(rc, -EPIPE, "the blocked sender got %d (%s), not -EPIPE", rc, ferry_strerror(rc));
-	cr_log_info("kill to -EPIPE, blocked sender: %lld us", (long long)(now_ns() - t0) / 1000);
+	cr_log_info("kill to -EPIPE, blocked sender: %lld us", (long long)(tu_now_ns() - t0) / 1000);
 	cr_assert_eq(ferry_port_post_bytes(a, "x", 1, FERRY_FOREVER), -EPIPE);
 	waitpid(pid, NULL, 0);
 	ferry_port_destroy(a);
@@ -441,7 +427,7 @@ Test(deadpeer, stopped_peer_is_alive_adaptive) { stopped_peer(FERRY_WAIT_ADAPTIV
 
 static void *closer(void *arg)
 {
-	sleep_ms(200);
+	tu_sleep_ms(200);
 	ferry_port_close(arg);
 	return NULL;
 }

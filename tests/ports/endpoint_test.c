@@ -52,19 +52,6 @@ static const char *ep_name(const char *tag)
 	return buf;
 }
 
-static int64_t now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-static void sleep_ms(int ms)
-{
-	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000 };
-	nanosleep(&ts, NULL);
-}
-
 static void expect_exit0(pid_t pid, const char *what)
 {
 	int st = tu_wait(pid, 20000);
@@ -373,7 +360,7 @@ struct auth_shared {
 static int wait_flag(_Atomic int *flag)
 {
 	for (int i = 0; i < 10000 && !atomic_load(flag); i++)
-		sleep_ms(1);
+		tu_sleep_ms(1);
 	return atomic_load(flag);
 }
 
@@ -720,7 +707,7 @@ Test(endpoint, stale_socket_replaced_by_one_listener)
 	}
 	atomic_store(&r->go, 1);
 	for (int i = 0; i < 20000 && atomic_load(&r->ready) < NRACERS; i++)
-		sleep_ms(1);
+		tu_sleep_ms(1);
 	int won = 0;
 	for (int i = 0; i < NRACERS; i++) {
 		int rc = atomic_load(&r->rc[i]);
@@ -768,7 +755,7 @@ Test(endpoint, close_wakes_blocked_accept)
 	pthread_t th[2];
 	for (int i = 0; i < 2; i++)
 		cr_assert_eq(pthread_create(&th[i], NULL, accept_forever, &a[i]), 0);
-	sleep_ms(50);
+	tu_sleep_ms(50);
 	ferry_listener_close(l);
 	for (int i = 0; i < 2; i++) {
 		pthread_join(th[i], NULL);
@@ -835,10 +822,10 @@ Test(endpoint, close_disconnects_queued_client_keeps_ports)
 	pid_t pq = tu_fork(client_expect_connrefused, &cq);
 	struct pollfd pfd = { .fd = ferry_listener_fd(l), .events = POLLIN };
 	cr_assert_eq(poll(&pfd, 1, 10000), 1, "the second client never queued");
-	int64_t t0 = now_ns();
+	int64_t t0 = tu_now_ns();
 	ferry_listener_close(l);
 	expect_exit0(pq, "queued client");
-	cr_log_info("queued client saw the close after %lld us", (long long)(now_ns() - t0) / 1000);
+	cr_log_info("queued client saw the close after %lld us", (long long)(tu_now_ns() - t0) / 1000);
 	/* The port accepted before goes on working. */
 	check_echo(p, 9);
 	ferry_msg *m;
@@ -978,9 +965,9 @@ Test(endpoint, accept_timeouts)
 	ferry_port *p = (ferry_port *)1;
 	cr_expect_eq(ferry_accept(l, &p, 0), -EAGAIN);
 	cr_expect_null(p);
-	int64_t t0 = now_ns();
+	int64_t t0 = tu_now_ns();
 	cr_expect_eq(ferry_accept(l, &p, 30 * MS), -ETIMEDOUT);
-	cr_expect_geq(now_ns() - t0, 30 * MS, "returned early");
+	cr_expect_geq(tu_now_ns() - t0, 30 * MS, "returned early");
 	cr_expect(strstr(ferry_errmsg(), "no client"), "%s", ferry_errmsg());
 	struct pollfd pfd = { .fd = ferry_listener_fd(l), .events = POLLIN };
 	cr_expect_eq(poll(&pfd, 1, 0), 0, "idle listener is readable");
@@ -1000,9 +987,9 @@ Test(endpoint, connect_timeouts)
 	const char *name = ep_name("deaf");
 	ferry_listener *l;
 	cr_assert_eq(ferry_listen(&l, name, NULL), 0, "%s", ferry_errmsg());
-	int64_t t0 = now_ns();
+	int64_t t0 = tu_now_ns();
 	cr_expect_eq(ferry_connect(&p, name, NULL, 30 * MS), -ETIMEDOUT, "%s", ferry_errmsg());
-	cr_expect_geq(now_ns() - t0, 30 * MS, "returned early");
+	cr_expect_geq(tu_now_ns() - t0, 30 * MS, "returned early");
 	cr_expect_eq(ferry_connect(&p, name, NULL, 0), -EAGAIN, "%s", ferry_errmsg());
 	/* Both gave up: the listener drops them and has nobody to accept. */
 	cr_expect_eq(ferry_accept(l, &p, 0), -EAGAIN, "%s", ferry_errmsg());
@@ -1179,12 +1166,12 @@ Test(endpoint, hostile_clients_do_not_hurt_listener)
 	/* Nothing of theirs is ever read: B, C and D look like clients that
 	 * have not read their channel yet, A is dropped; nothing blocks. */
 	ferry_port *pb = NULL, *pc = NULL, *pd = NULL, *px = NULL;
-	int64_t t0 = now_ns();
+	int64_t t0 = tu_now_ns();
 	cr_assert_eq(ferry_accept(l, &pb, 0), 0, "%s", ferry_errmsg());
 	cr_assert_eq(ferry_accept(l, &pc, 0), 0, "%s", ferry_errmsg());
 	cr_assert_eq(ferry_accept(l, &pd, 0), 0, "%s", ferry_errmsg());
 	cr_expect_eq(ferry_accept(l, &px, 0), -EAGAIN, "%s", ferry_errmsg());
-	cr_log_info("three hostile accepts took %lld us", (long long)(now_ns() - t0) / 1000);
+	cr_log_info("three hostile accepts took %lld us", (long long)(tu_now_ns() - t0) / 1000);
 	/* Each port holds a segment fd and its control socket, nothing more:
 	 * no fd the clients sent was installed here. */
 	cr_expect_eq(tu_count_fds(), fds_before + 3 * 2, "the listener holds fds it should not");
@@ -1226,7 +1213,7 @@ static int garbage_and_stay(void *arg)
 	memset(junk, 0xa5, sizeof junk);
 	if (send(s, junk, sizeof junk, MSG_NOSIGNAL) != (ssize_t)sizeof junk)
 		return 91;
-	sleep_ms(2000);
+	tu_sleep_ms(2000);
 	_exit(0);
 }
 
@@ -1239,9 +1226,9 @@ Test(endpoint, garbage_client_process_does_not_block_accept)
 	pid_t pid = tu_fork(garbage_and_stay, &c);
 	/* Its accept returns at once, and a real client comes next. */
 	ferry_port *p = accept_ok(l);
-	int64_t t0 = now_ns();
+	int64_t t0 = tu_now_ns();
 	echo_once(l, name, 0, 1);
-	cr_log_info("next client served in %lld us", (long long)(now_ns() - t0) / 1000);
+	cr_log_info("next client served in %lld us", (long long)(tu_now_ns() - t0) / 1000);
 	kill(pid, SIGKILL);
 	tu_wait(pid, 20000);
 	ferry_msg *m;

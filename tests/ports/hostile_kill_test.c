@@ -60,13 +60,6 @@ TestSuite(hostile_kill, .init = setup, .fini = teardown, .timeout = 300);
 #define DEFAULT_ROUNDS 1000
 #endif
 
-static int64_t now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * SEC + ts.tv_nsec;
-}
-
 static uint64_t mix(uint64_t x)
 {
 	x ^= x >> 33;
@@ -328,7 +321,7 @@ Test(hostile_kill, killed_poster_loses_nothing_it_posted)
 	struct shared *sh = tu_shared_alloc(sizeof *sh);
 	unsigned kinds[K_NKINDS] = { 0 };
 	uint64_t total = 0, extra = 0, self_closed = 0, before_first = 0;
-	int64_t t0 = now_ns();
+	int64_t t0 = tu_now_ns();
 	ferry_port *ea, *eb;
 	cr_assert_eq(ferry_channel(&ea, &eb, NULL), 0);
 	fflush(NULL);
@@ -358,10 +351,10 @@ Test(hostile_kill, killed_poster_loses_nothing_it_posted)
 		ferry__port_forget(b);
 		int fd = ferry_port_fd(a);
 		/* kill at a random moment: 0 to ~4 ms after the fork */
-		int64_t kill_at = now_ns() + (int64_t)((h >> 16) % 4000) * 1000;
+		int64_t kill_at = tu_now_ns() + (int64_t)((h >> 16) % 4000) * 1000;
 		bool killed = false;
 		uint64_t seq = 0;
-		int64_t give_up = now_ns() + 30 * SEC;
+		int64_t give_up = tu_now_ns() + 30 * SEC;
 		for (;;) {
 			ferry_msg *m = NULL;
 			int rc = ferry_port_recv(a, &m, 0);
@@ -375,8 +368,8 @@ Test(hostile_kill, killed_poster_loses_nothing_it_posted)
 				  ferry_strerror(rc), ferry_errmsg());
 			if (rc == -EPIPE)
 				break;
-			cr_assert_lt(now_ns(), give_up, "round %d: no -EPIPE 30 s after the kill", round);
-			if (!killed && now_ns() >= kill_at) {
+			cr_assert_lt(tu_now_ns(), give_up, "round %d: no -EPIPE 30 s after the kill", round);
+			if (!killed && tu_now_ns() >= kill_at) {
 				kill(pid, SIGKILL);
 				killed = true;
 			}
@@ -425,7 +418,7 @@ Test(hostile_kill, killed_poster_loses_nothing_it_posted)
 	cr_log_info("%d rounds in %.1f s: %llu messages (raw %u, clone %u, spilled %u, moved buffer %u, "
 		    "shared %u, moved port %u); %llu committed but uncounted at the kill; %llu rounds "
 		    "closed by the poster itself; %llu rounds killed before the first message",
-		    rounds, (double)(now_ns() - t0) / SEC, (unsigned long long)total, kinds[K_RAW],
+		    rounds, (double)(tu_now_ns() - t0) / SEC, (unsigned long long)total, kinds[K_RAW],
 		    kinds[K_CLONE], kinds[K_SPILL], kinds[K_MOVE], kinds[K_SHARED], kinds[K_PORT],
 		    (unsigned long long)extra, (unsigned long long)self_closed,
 		    (unsigned long long)before_first);

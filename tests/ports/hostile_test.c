@@ -128,13 +128,6 @@ static void end_check(void)
 #define MS (1000LL * 1000)
 #define SEC (1000LL * MS)
 
-static int64_t now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * SEC + ts.tv_nsec;
-}
-
 /* unused while no known bug is pinned */
 __attribute__((unused)) static int known_bugs(void)
 {
@@ -616,8 +609,8 @@ Test(hostile, ring_garbage_storm_process)
 		struct peer pe;
 		peer_start(&pe, 1, b, peer_storm, &arg);
 		cr_assert(await_ge(&s->ready, 1, 10000));
-		int64_t end = now_ns() + 30 * MS;
-		while (now_ns() < end) {
+		int64_t end = tu_now_ns() + 30 * MS;
+		while (tu_now_ns() < end) {
 			ferry_msg *m = NULL;
 			int rc = ferry_port_recv(a, &m, MS);
 			/* -EMSGSIZE: a stray word may make a clone header with a huge
@@ -1757,7 +1750,7 @@ static int peer_flipper(ferry_port *p, void *x)
 		ferry_ring_spsc_commit(p->tx, sizeof wh + L.len);
 		ferry_ec_notify(&p->txd->data_ec);
 		/* flip until the survivor has consumed it */
-		int64_t until = now_ns() + 5 * SEC;
+		int64_t until = tu_now_ns() + 5 * SEC;
 		uint64_t flips = 0;
 		for (unsigned i = 0; atomic_load_explicit(&a->s->count, memory_order_relaxed) <= k; i++) {
 			/* about half the time bad, in stretches far shorter than a decode */
@@ -1767,7 +1760,7 @@ static int peer_flipper(ferry_port *p, void *x)
 			df_store(pl + fl.at, fl.width, fl.good);
 			for (volatile int spin = 0; spin < 16; spin++)
 				;
-			if ((i & 1023) == 0 && now_ns() > until) {
+			if ((i & 1023) == 0 && tu_now_ns() > until) {
 				free(rec);
 				return 12;
 			}
@@ -2678,8 +2671,8 @@ Test(hostile, port_fd_is_not_left_readable_by_a_stray_packet)
 			/* a real message: the fd turns readable, the message arrives */
 			unsigned seed = 150 + (step - 4) / 2;
 			int rc = -EAGAIN;
-			int64_t until = now_ns() + 10 * SEC;
-			while (rc == -EAGAIN && now_ns() < until) {
+			int64_t until = tu_now_ns() + 10 * SEC;
+			while (rc == -EAGAIN && tu_now_ns() < until) {
 				struct pollfd pfd = { .fd = fd, .events = POLLIN };
 				cr_assert_eq(poll(&pfd, 1, 5000), 1, "step %u: a real message, the fd not readable", step);
 				rc = ferry_port_recv(a, &m, 0);

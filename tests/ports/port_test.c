@@ -28,13 +28,6 @@ static void teardown(void)
 
 TestSuite(port, .init = setup, .fini = teardown, .timeout = 30);
 
-static int64_t now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 static void expect_msg(ferry_port *p, const void *data, size_t len)
 {
 	ferry_msg *m = NULL;
@@ -88,9 +81,9 @@ Test(port, recv_on_empty_try_and_timeout)
 	ferry_msg *m = (ferry_msg *)1;
 	cr_assert_eq(ferry_port_recv(b, &m, 0), -EAGAIN);
 	cr_assert_null(m);
-	int64_t t0 = now_ns();
+	int64_t t0 = tu_now_ns();
 	cr_assert_eq(ferry_port_recv(b, &m, 20 * 1000000), -ETIMEDOUT);
-	cr_assert_geq(now_ns() - t0, 20 * 1000000, "returned before the deadline");
+	cr_assert_geq(tu_now_ns() - t0, 20 * 1000000, "returned before the deadline");
 	cr_assert(strlen(ferry_errmsg()) > 0);
 }
 
@@ -106,9 +99,9 @@ Test(port, full_ring_try_and_timeout)
 		n++;
 	cr_assert_gt(n, 10);
 	cr_assert_eq(ferry_port_post_bytes(a, buf, sizeof buf, 0), -EAGAIN);
-	int64_t t0 = now_ns();
+	int64_t t0 = tu_now_ns();
 	cr_assert_eq(ferry_port_post_bytes(a, buf, sizeof buf, 10 * 1000000), -ETIMEDOUT);
-	cr_assert_geq(now_ns() - t0, 10 * 1000000);
+	cr_assert_geq(tu_now_ns() - t0, 10 * 1000000);
 	/* Draining one makes room again. */
 	expect_msg(b, buf, sizeof buf);
 	cr_assert_eq(ferry_port_post_bytes(a, buf, sizeof buf, 0), 0);

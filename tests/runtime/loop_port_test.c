@@ -493,13 +493,6 @@ static int blocked_in_loop(ferry_worker_ctx *ctx)
 	return 4; /* never: the timer keeps it for an hour */
 }
 
-static int64_t now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 static void terminate_in_loop(const char *lb, int wb)
 {
 	setenv("FERRY_LOOP", lb, 1);
@@ -512,9 +505,9 @@ static void terminate_in_loop(const char *lb, int wb)
 	cr_assert_eq(ferry_port_recv(ferry_worker_port(w), &m, T10S), 0, "%s", ferry_errmsg());
 	ferry_msg_free(m);
 	usleep(20 * 1000); /* let it block in the loop */
-	int64_t t0 = now_ns();
+	int64_t t0 = tu_now_ns();
 	cr_assert_eq(ferry_worker_terminate(w, T10S), 0, "%s", ferry_errmsg());
-	int64_t took = now_ns() - t0;
+	int64_t took = tu_now_ns() - t0;
 	cr_expect_lt(took, 5LL * 1000000000, "terminate took %lld ns", (long long)took);
 	struct ferry_worker_status st;
 	cr_assert_eq(ferry_worker_join(w, &st, 0), 0);

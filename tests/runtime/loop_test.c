@@ -27,20 +27,6 @@
 
 #define MS 1000000LL
 
-static int64_t now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-static void sleep_ms(int ms)
-{
-	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000 };
-	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-		;
-}
-
 /* ---- both backends ---- */
 
 static const char *g_backend;
@@ -117,7 +103,7 @@ struct tagged {
 static void tagged_cb(ferry_loop *loop, uint64_t id, int res, void *arg)
 {
 	struct tagged *t = arg;
-	t->r->at[t->r->n] = now_ns();
+	t->r->at[t->r->n] = tu_now_ns();
 	t->r->order[t->r->n++] = t->tag;
 	cr_expect_eq(res, 0);
 }
@@ -128,7 +114,7 @@ BOTH(timers_fire_in_deadline_order)
 	struct rec r = { 0 };
 	struct tagged t[4] = { { &r, 30 }, { &r, 10 }, { &r, 20 }, { &r, 11 } };
 	int64_t after[4] = { 30 * MS, 10 * MS, 20 * MS, 10 * MS };
-	int64_t t0 = now_ns();
+	int64_t t0 = tu_now_ns();
 	for (int i = 0; i < 4; i++)
 		cr_assert_eq(ferry_loop_timer(loop, after[i], 0, tagged_cb, &t[i], NULL), 0);
 	/* t[1] and t[3] share a deadline up to the clock: creation order breaks ties */
@@ -152,7 +138,7 @@ static void rep_cb(ferry_loop *loop, uint64_t id, int res, void *arg)
 {
 	struct rep *p = arg;
 	p->n++;
-	p->last = now_ns();
+	p->last = tu_now_ns();
 	if (p->n == p->stop_at)
 		cr_expect_eq(ferry_loop_cancel(loop, id), 0, "a repeating timer cancels itself");
 }
@@ -160,7 +146,7 @@ static void rep_cb(ferry_loop *loop, uint64_t id, int res, void *arg)
 BOTH(timer_repeats_until_cancelled)
 {
 	ferry_loop *loop = new_loop();
-	struct rep p = { .stop_at = 5, .t0 = now_ns() };
+	struct rep p = { .stop_at = 5, .t0 = tu_now_ns() };
 	uint64_t id;
 	cr_assert_eq(ferry_loop_timer(loop, 2 * MS, 2 * MS, rep_cb, &p, &id), 0);
 	cr_assert_neq(id, 0);
@@ -269,7 +255,7 @@ BOTH(callback_cancels_a_source_with_a_pending_event)
 		__atomic_store_n(&w[i], 1, __ATOMIC_SEQ_CST);
 		ferry_notify(&w[i], 1);
 	}
-	sleep_ms(20); /* both completions are in (epoll: the helpers have reported) */
+	tu_sleep_ms(20); /* both completions are in (epoll: the helpers have reported) */
 	add_guard(loop, 10000 * MS);
 	cr_assert_eq(ferry_loop_run(loop, FERRY_RUN_DEFAULT), 0);
 	cr_expect_not(g_guard_fired);
@@ -416,7 +402,7 @@ static void wres_cb(ferry_loop *loop, uint64_t id, int res, void *arg)
 	struct wres *w = arg;
 	w->calls++;
 	w->res = res;
-	w->at = now_ns();
+	w->at = tu_now_ns();
 }
 
 static void store_notify_timer(ferry_loop *loop, uint64_t id, int res, void *arg)
@@ -431,7 +417,7 @@ BOTH(wait_async_ok_not_equal_timed_out)
 	ferry_loop *loop = new_loop();
 	static uint32_t w1 = 5, w2, w3, w4;
 	struct wres ne = { 0 }, zero = { 0 }, to = { 0 }, ok = { 0 };
-	int64_t t0 = now_ns();
+	int64_t t0 = tu_now_ns();
 	cr_assert_eq(ferry_wait_async(loop, &w1, 4, FERRY_FOREVER, wres_cb, &ne, NULL), 0);
 	cr_assert_eq(ne.calls, 0, "never called from inside ferry_wait_async");
 	cr_assert_eq(ferry_wait_async(loop, &w2, 0, 0, wres_cb, &zero, NULL), 0);
@@ -462,15 +448,15 @@ struct notifier {
 
 static int notify_until_woken(uint32_t *word, int store)
 {
-	int64_t end = now_ns() + 10000 * MS;
-	sleep_ms(5);
-	while (now_ns() < end) {
+	int64_t end = tu_now_ns() + 10000 * MS;
+	tu_sleep_ms(5);
+	while (tu_now_ns() < end) {
 		if (store)
 			__atomic_store_n(word, 1, __ATOMIC_SEQ_CST);
 		int n = ferry_notify(word, 1);
 		if (n != 0)
 			return n;
-		sleep_ms(1);
+		tu_sleep_ms(1);
 	}
 	return 0;
 }
@@ -630,7 +616,7 @@ static int ecp_child(void *arg)
 		atomic_fetch_add_explicit(&sh->produced, 1, memory_order_release);
 		ferry_ec_notify(&sh->ec);
 		if ((i & 63) == 0)
-			sleep_ms(1); /* so that the loop sleeps in between */
+			tu_sleep_ms(1); /* so that the loop sleeps in between */
 	}
 	return 0;
 }
@@ -722,7 +708,7 @@ struct delayed_write {
 static void *delayed_main(void *arg)
 {
 	struct delayed_write *d = arg;
-	sleep_ms(2);
+	tu_sleep_ms(2);
 	if (write(d->fd, "x", 1) != 1)
 		return NULL;
 	__atomic_store_n(d->word, 1, __ATOMIC_SEQ_CST);
@@ -744,7 +730,7 @@ BOTH(busy_watches_do_not_starve_other_sources)
 	cr_assert_eq(ferry_loop_run(loop, FERRY_RUN_NOWAIT), 2);
 	cr_assert_eq(b.calls, 1, "one callback per pass");
 	cr_assert_eq(b.other_calls, 1);
-	int64_t t0 = now_ns();
+	int64_t t0 = tu_now_ns();
 	cr_assert_eq(ferry_loop_timer(loop, 1 * MS, 0, fair_timer, &b, NULL), 0);
 	cr_assert_eq(ferry_loop_fd(loop, p[0], FERRY_LOOP_READABLE, fair_fd, &b, NULL), 0);
 	cr_assert_eq(ferry_wait_async(loop, &word, 0, FERRY_FOREVER, fair_wait, &b, NULL), 0);
@@ -758,7 +744,7 @@ BOTH(busy_watches_do_not_starve_other_sources)
 		      b.wait_fired);
 	cr_expect(b.timer_fired && b.fd_fired && b.wait_fired);
 	cr_expect_eq(b.wait_res, 0);
-	cr_expect_geq(now_ns() - t0, 2 * MS);
+	cr_expect_geq(tu_now_ns() - t0, 2 * MS);
 	/* one callback per iteration each: the two busy sources alternate */
 	int diff = b.calls - b.other_calls;
 	cr_expect(diff >= -1 && diff <= 1, "busy %d, other %d", b.calls, b.other_calls);
@@ -802,7 +788,7 @@ static void many_wait_cb(ferry_loop *loop, uint64_t id, int res, void *arg)
 static void *many_producer(void *arg)
 {
 	struct many *m = arg;
-	sleep_ms(10);
+	tu_sleep_ms(10);
 	for (int i = 0; i < MANY_EC; i++) {
 		__atomic_store_n(&m->flag[i], 1, __ATOMIC_RELEASE);
 		ferry_ec_notify(&m->ec[i]);
@@ -927,7 +913,7 @@ struct stopper {
 static void *stopper_main(void *arg)
 {
 	struct stopper *s = arg;
-	sleep_ms(s->delay_ms);
+	tu_sleep_ms(s->delay_ms);
 	cr_assert_eq(ferry_loop_stop(s->loop), 0);
 	return NULL;
 }
@@ -941,12 +927,12 @@ BOTH(stop_from_another_thread)
 	cr_assert_eq(ferry_loop_timer(loop, 60000 * MS, 0, nop_cb, NULL, &tid), 0);
 	struct stopper s = { loop, 20 };
 	pthread_t th;
-	int64_t t0 = now_ns();
+	int64_t t0 = tu_now_ns();
 	cr_assert_eq(pthread_create(&th, NULL, stopper_main, &s), 0);
 	int r = ferry_loop_run(loop, FERRY_RUN_DEFAULT);
 	pthread_join(th, NULL);
 	cr_expect_eq(r, 2, "stopped with both sources alive");
-	cr_expect_geq(now_ns() - t0, 20 * MS);
+	cr_expect_geq(tu_now_ns() - t0, 20 * MS);
 	/* a stop before run: the next run returns after one non-blocking pass */
 	cr_assert_eq(ferry_loop_stop(loop), 0);
 	cr_expect_eq(ferry_loop_run(loop, FERRY_RUN_DEFAULT), 2);
@@ -1018,12 +1004,12 @@ BOTH(run_modes_and_unref)
 	uint64_t id;
 	cr_expect_eq(ferry_loop_run(loop, FERRY_RUN_DEFAULT), 0, "empty loop returns at once");
 	cr_expect_eq(ferry_loop_run(loop, FERRY_RUN_ONCE), 0);
-	int64_t t0 = now_ns();
+	int64_t t0 = tu_now_ns();
 	cr_assert_eq(ferry_loop_timer(loop, 10 * MS, 0, mode_cb, &m, &id), 0);
 	cr_expect_eq(ferry_loop_run(loop, FERRY_RUN_NOWAIT), 1);
 	cr_expect_eq(m.calls, 0);
 	cr_expect_eq(ferry_loop_run(loop, FERRY_RUN_ONCE), 0);
-	cr_expect_geq(now_ns() - t0, 10 * MS);
+	cr_expect_geq(tu_now_ns() - t0, 10 * MS);
 	cr_expect_eq(m.calls, 1);
 	cr_expect_eq(m.nested, -EBUSY, "run from a callback");
 
@@ -1319,7 +1305,7 @@ static int no_waitv_child(void *arg)
 	if (ferry_wait_async(l, &word, 0, FERRY_FOREVER, nop_cb, NULL, NULL) != -ENOSYS ||
 	    !strstr(ferry_errmsg(), "futex_waitv"))
 		return 12;
-	struct rep p = { .stop_at = 3, .t0 = now_ns() };
+	struct rep p = { .stop_at = 3, .t0 = tu_now_ns() };
 	if (ferry_loop_timer(l, 1 * MS, 1 * MS, rep_cb, &p, NULL) ||
 	    ferry_loop_run(l, FERRY_RUN_DEFAULT) != 0 || p.n != 3)
 		return 13; /* timers (and fds, posts) still work */

@@ -48,13 +48,6 @@ static void teardown(void)
 
 TestSuite(pool, .init = setup, .fini = teardown, .timeout = 60);
 
-static int64_t now_ns(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (int64_t)t.tv_sec * SEC + t.tv_nsec;
-}
-
 static const char *bname(int backend)
 {
 	return backend == FERRY_PROCESS ? "process" : "thread";
@@ -278,9 +271,9 @@ static int64_t result_int(ferry_pool_task *t)
 
 static void until(_Atomic int *c, int want)
 {
-	int64_t end = now_ns() + 20 * SEC;
+	int64_t end = tu_now_ns() + 20 * SEC;
 	while (atomic_load(c) < want) {
-		cr_assert_lt(now_ns(), end, "waited 20 s for %d (at %d)", want, atomic_load(c));
+		cr_assert_lt(tu_now_ns(), end, "waited 20 s for %d (at %d)", want, atomic_load(c));
 		usleep(1000);
 	}
 }
@@ -594,8 +587,8 @@ static void worker_dies(int backend, int op, int64_t x, const char *cause)
 	cr_expect_eq(st.failed, 1);
 	cr_expect_eq(st.completed, 100);
 	/* Replaced: both workers serve again. */
-	int64_t end = now_ns() + 20 * SEC;
-	while (ferry_pool_worker_pids(p, NULL, 0) < 2 && now_ns() < end)
+	int64_t end = tu_now_ns() + 20 * SEC;
+	while (ferry_pool_worker_pids(p, NULL, 0) < 2 && tu_now_ns() < end)
 		usleep(1000);
 	cr_expect_eq(ferry_pool_worker_pids(p, NULL, 0), 2);
 	ferry_pool_stats(p, &st);
@@ -657,9 +650,9 @@ static void queue_wait(int backend)
 	ferry_pool_task *q1 = submit(p, ferry_value_int(1));
 	ferry_pool_task *t;
 	ferry_value *v = ferry_value_int(2);
-	int64_t t0 = now_ns();
+	int64_t t0 = tu_now_ns();
 	cr_expect_eq(ferry_pool_submit(p, v, NULL, &t), -ETIMEDOUT);
-	cr_expect_geq(now_ns() - t0, 50 * MS);
+	cr_expect_geq(tu_now_ns() - t0, 50 * MS);
 	open_gate();
 	cr_expect_eq(result_int(run), 1);
 	cr_expect_eq(result_int(q1), 2);
@@ -676,9 +669,9 @@ static void queue_wait(int backend)
 	q1 = submit(p, ferry_value_int(1));
 	pthread_t th;
 	pthread_create(&th, NULL, opener, (void *)(intptr_t)50000);
-	t0 = now_ns();
+	t0 = tu_now_ns();
 	cr_expect_eq(ferry_pool_submit(p, v, NULL, &t), 0);
-	cr_expect_geq(now_ns() - t0, 10 * MS);
+	cr_expect_geq(tu_now_ns() - t0, 10 * MS);
 	pthread_join(th, NULL);
 	cr_expect_eq(result_int(t), 4);
 	cr_expect_eq(result_int(q1), 2);
@@ -704,14 +697,14 @@ static void wait_poll(int backend)
 	cr_expect_eq(ferry_pool_task_poll(t), 0);
 	cr_expect_eq(ferry_pool_task_status(t), -EINPROGRESS);
 	cr_expect_eq(ferry_pool_task_wait(t, 0), -EAGAIN);
-	int64_t t0 = now_ns();
+	int64_t t0 = tu_now_ns();
 	cr_expect_eq(ferry_pool_task_wait(t, 30 * MS), -ETIMEDOUT);
-	cr_expect_geq(now_ns() - t0, 30 * MS);
+	cr_expect_geq(tu_now_ns() - t0, 30 * MS);
 	cr_expect_null(ferry_pool_task_value(t));
 	cr_expect_str_eq(ferry_pool_task_errmsg(t), "");
 	open_gate();
-	int64_t end = now_ns() + 20 * SEC;
-	while (!ferry_pool_task_poll(t) && now_ns() < end)
+	int64_t end = tu_now_ns() + 20 * SEC;
+	while (!ferry_pool_task_poll(t) && tu_now_ns() < end)
 		usleep(100);
 	cr_expect_eq(ferry_pool_task_poll(t), 1);
 	cr_expect_eq(ferry_pool_task_status(t), 0);
@@ -795,7 +788,7 @@ Test(pool, cancel_escalates_process)
 	ferry_pool_task *others[20];
 	for (int i = 0; i < 20; i++)
 		others[i] = submit(p, ferry_value_int(i));
-	int64_t t0 = now_ns();
+	int64_t t0 = tu_now_ns();
 	cr_expect_eq(ferry_pool_task_cancel(t), 0);
 	cr_expect_eq(ferry_pool_task_wait(t, 0), -ECANCELED);
 	for (int i = 0; i < 20; i++) {
@@ -803,12 +796,12 @@ Test(pool, cancel_escalates_process)
 		ferry_pool_task_free(others[i]);
 	}
 	struct ferry_pool_stats st;
-	int64_t end = now_ns() + 20 * SEC;
+	int64_t end = tu_now_ns() + 20 * SEC;
 	do {
 		usleep(1000);
 		ferry_pool_stats(p, &st);
-	} while ((st.crashes < 1 || st.spawned < 3) && now_ns() < end);
-	cr_expect_geq(now_ns() - t0, 50 * MS);
+	} while ((st.crashes < 1 || st.spawned < 3) && tu_now_ns() < end);
+	cr_expect_geq(tu_now_ns() - t0, 50 * MS);
 	cr_expect_eq(st.crashes, 1);
 	cr_expect_eq(st.spawned, 3);
 	cr_expect_eq(st.cancelled, 1);
@@ -825,10 +818,10 @@ static void timeout(int backend, int op, int64_t x)
 	struct ferry_pool_opts o = { .min_workers = 1, .max_workers = 1, .task_timeout_ns = 50 * MS,
 				     .kill_grace_ns = 20 * MS };
 	ferry_pool *p = mk(backend, &o);
-	int64_t t0 = now_ns();
+	int64_t t0 = tu_now_ns();
 	ferry_pool_task *t = submit(p, mapv(op, x));
 	cr_expect_eq(ferry_pool_task_wait(t, 20 * SEC), -ETIME);
-	cr_expect_geq(now_ns() - t0, 50 * MS);
+	cr_expect_geq(tu_now_ns() - t0, 50 * MS);
 	cr_expect(strstr(ferry_errmsg(), "longer than its limit") != NULL, "%s", ferry_errmsg());
 	ferry_pool_task_free(t);
 	/* Per task: none for this one (it finishes), and the others go on. */
@@ -946,11 +939,11 @@ static void min_max_idle(int backend)
 		ferry_pool_task_free(ts[i]);
 	}
 	/* Idle ones above the minimum retire. */
-	int64_t end = now_ns() + 20 * SEC;
+	int64_t end = tu_now_ns() + 20 * SEC;
 	do {
 		usleep(5000);
 		ferry_pool_stats(p, &st);
-	} while (st.workers > 1 && now_ns() < end);
+	} while (st.workers > 1 && tu_now_ns() < end);
 	cr_expect_eq(st.workers, 1);
 	cr_expect_eq(st.crashes, 0);
 	ferry_pool_destroy(p, FERRY_FOREVER);
@@ -962,11 +955,11 @@ static void min_max_idle(int backend)
 	ferry_pool_task *t = submit(p, ferry_value_int(4));
 	cr_expect_eq(result_int(t), 8);
 	ferry_pool_task_free(t);
-	end = now_ns() + 20 * SEC;
+	end = tu_now_ns() + 20 * SEC;
 	do {
 		usleep(5000);
 		ferry_pool_stats(p, &st);
-	} while (st.workers > 0 && now_ns() < end);
+	} while (st.workers > 0 && tu_now_ns() < end);
 	cr_expect_eq(st.workers, 0);
 	ferry_pool_destroy(p, FERRY_FOREVER);
 }
@@ -1071,9 +1064,9 @@ static void destroy_grace(int backend)
 	/* Threads: a task that checks its abort word; processes: one that does not. */
 	ferry_pool_task *run = submit(p, backend == FERRY_THREAD ? mapv(OP_SPIN_ABORT, 0) : mapv(OP_SLEEP, 20000));
 	until(&sh->started, 1);
-	int64_t t0 = now_ns();
+	int64_t t0 = tu_now_ns();
 	ferry_pool_destroy(p, 30 * MS);
-	cr_expect_geq(now_ns() - t0, 30 * MS);
+	cr_expect_geq(tu_now_ns() - t0, 30 * MS);
 	cr_expect_eq(ferry_pool_task_wait(run, 0), -ECANCELED);
 	cr_expect(strstr(ferry_errmsg(), "destroyed while the task ran") != NULL, "%s", ferry_errmsg());
 	ferry_pool_task_free(run);

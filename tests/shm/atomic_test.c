@@ -16,50 +16,6 @@
 #define MS 1000000LL
 #define NWAITERS 3
 
-static int64_t now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-static void sleep_ms(int ms)
-{
-	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000 };
-	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-		;
-}
-
-/*
- * Is thread or process @id asleep in a futex? State S, and the kernel's wait
- * channel names a futex function when the kernel tells (it does here:
- * "futex_do_wait"); with no wchan, S alone.
- */
-static int asleep_in_futex(pid_t id)
-{
-	char path[64], buf[512];
-	snprintf(path, sizeof path, "/proc/%d/stat", (int)id);
-	FILE *f = fopen(path, "r");
-	if (!f)
-		return 0;
-	size_t n = fread(buf, 1, sizeof buf - 1, f);
-	fclose(f);
-	buf[n] = '\0';
-	char *p = strrchr(buf, ')');
-	if (!p || p[1] != ' ' || p[2] != 'S')
-		return 0;
-	snprintf(path, sizeof path, "/proc/%d/wchan", (int)id);
-	f = fopen(path, "r");
-	if (!f)
-		return 1;
-	n = fread(buf, 1, sizeof buf - 1, f);
-	fclose(f);
-	buf[n] = '\0';
-	if (n == 0 || strcmp(buf, "0") == 0)
-		return 1;
-	return strstr(buf, "futex") != NULL;
-}
-
 /* ---- waiters on threads or processes, all on one shared word ---- */
 
 enum backend { THREADS, PROCESSES };
@@ -95,10 +51,10 @@ static int waiter(void *arg)
 	__atomic_store_n(&a->ids[s->i], gettid(), __ATOMIC_RELAXED);
 	/* release: pairs with the acquire load in crew_await_asleep (ids[]) */
 	__atomic_fetch_add(&a->entered, 1, __ATOMIC_RELEASE);
-	int64_t t0 = now_ns();
+	int64_t t0 = tu_now_ns();
 	int r = a->priv ? ferry_wait_private(&a->word, 0, a->timeout_ns)
 			: ferry_wait(&a->word, 0, a->timeout_ns);
-	a->elapsed_ns[s->i] = now_ns() - t0;
+	a->elapsed_ns[s->i] = tu_now_ns() - t0;
 	a->results[s->i] = r;
 	/* release: pairs with the acquire load in crew_done (results[]) */
 	__atomic_fetch_add(&a->done, 1, __ATOMIC_RELEASE);
@@ -147,10 +103,10 @@ static int crew_done(struct crew *c)
 static void crew_await_asleep(struct crew *c)
 {
 	while (__atomic_load_n(&c->a->entered, __ATOMIC_ACQUIRE) < c->n)
-		sleep_ms(1);
+		tu_sleep_ms(1);
 	for (int i = 0; i < c->n; i++)
-		while (!asleep_in_futex(c->a->ids[i]))
-			sleep_ms(1);
+		while (!tu_asleep_in_futex(c->a->ids[i]))
+			tu_sleep_ms(1);
 }
 
 static int crew_notify(struct crew *c, int32_t count)
@@ -169,7 +125,7 @@ static int crew_release(struct crew *c, int want)
 		cr_assert_geq(r, 0, "notify: %d", r);
 		total += r;
 		if (total < want)
-			sleep_ms(1);
+			tu_sleep_ms(1);
 	}
 	return total;
 }
@@ -209,23 +165,23 @@ Test(atomic_wait, returns_eagain_when_not_equal)
 Test(atomic_wait, times_out_after_at_least_the_timeout)
 {
 	uint32_t w = 7;
-	int64_t t0 = now_ns();
+	int64_t t0 = tu_now_ns();
 	cr_expect_eq(ferry_wait(&w, 7, 30 * MS), -ETIMEDOUT);
-	int64_t el = now_ns() - t0;
+	int64_t el = tu_now_ns() - t0;
 	cr_expect_geq(el, 30 * MS, "returned after %lld ns", (long long)el);
 
-	t0 = now_ns();
+	t0 = tu_now_ns();
 	cr_expect_eq(ferry_wait_private(&w, 7, 30 * MS), -ETIMEDOUT);
-	el = now_ns() - t0;
+	el = tu_now_ns() - t0;
 	cr_expect_geq(el, 30 * MS, "private: returned after %lld ns", (long long)el);
 }
 
 Test(atomic_wait, times_out_on_a_shared_word)
 {
 	uint32_t *w = tu_shared_alloc(sizeof *w);
-	int64_t t0 = now_ns();
+	int64_t t0 = tu_now_ns();
 	cr_expect_eq(ferry_wait(w, 0, 20 * MS), -ETIMEDOUT);
-	cr_expect_geq(now_ns() - t0, 20 * MS);
+	cr_expect_geq(tu_now_ns() - t0, 20 * MS);
 	tu_shared_free(w, sizeof *w);
 }
 
@@ -318,12 +274,12 @@ static void notify_one_of_three(enum backend be, int priv)
 	cr_expect_eq(crew_notify(&c, 0), 0);
 	cr_assert_eq(crew_notify(&c, 1), 1);
 	while (crew_done(&c) < 1)
-		sleep_ms(1);
-	sleep_ms(20); /* room for a wrong second wake to show */
+		tu_sleep_ms(1);
+	tu_sleep_ms(20); /* room for a wrong second wake to show */
 	cr_expect_eq(crew_done(&c), 1, "notify(1) let %d waiters go", crew_done(&c));
 	int still = 0;
 	for (int i = 0; i < NWAITERS; i++)
-		still += asleep_in_futex(c.a->ids[i]);
+		still += tu_asleep_in_futex(c.a->ids[i]);
 	cr_expect_eq(still, NWAITERS - 1, "%d waiters still asleep", still);
 	/* The rest only leave with a notify of their own, each counted once. */
 	cr_expect_eq(crew_release(&c, NWAITERS - 1), NWAITERS - 1);
@@ -434,7 +390,7 @@ static void interrupt(struct crew *c, int k)
 		pthread_kill(c->th[0], SIGUSR1);
 		while (__atomic_load_n(&signals_seen, __ATOMIC_RELAXED) == before &&
 		       crew_done(c) == 0)
-			sleep_ms(1);
+			tu_sleep_ms(1);
 	}
 }
 

@@ -16,47 +16,6 @@
 
 #define MS 1000000LL
 
-static int64_t now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-static void sleep_ms(int ms)
-{
-	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000 };
-	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-		;
-}
-
-/* Thread or process @id sleeps in a futex (state S, wchan names a futex
- * function when the kernel shows one). */
-static int asleep_in_futex(pid_t id)
-{
-	char path[64], buf[512];
-	snprintf(path, sizeof path, "/proc/%d/stat", (int)id);
-	FILE *f = fopen(path, "r");
-	if (!f)
-		return 0;
-	size_t n = fread(buf, 1, sizeof buf - 1, f);
-	fclose(f);
-	buf[n] = '\0';
-	char *p = strrchr(buf, ')');
-	if (!p || p[1] != ' ' || p[2] != 'S')
-		return 0;
-	snprintf(path, sizeof path, "/proc/%d/wchan", (int)id);
-	f = fopen(path, "r");
-	if (!f)
-		return 1;
-	n = fread(buf, 1, sizeof buf - 1, f);
-	fclose(f);
-	buf[n] = '\0';
-	if (n == 0 || strcmp(buf, "0") == 0)
-		return 1;
-	return strstr(buf, "futex") != NULL;
-}
-
 enum backend { THREADS, PROCESSES };
 
 /* Run @fn(@arg) on a thread or in a forked process; join with finish(). */
@@ -143,9 +102,9 @@ Test(eventcount, wait_times_out_without_notify)
 	ferry_ec_init(&ec);
 	uint32_t key = ferry_ec_prepare(&ec);
 	cr_expect_eq(ferry_ec_wait(&ec, key, 0), -ETIMEDOUT);
-	int64_t t0 = now_ns();
+	int64_t t0 = tu_now_ns();
 	cr_expect_eq(ferry_ec_wait(&ec, key, 20 * MS), -ETIMEDOUT);
-	cr_expect_geq(now_ns() - t0, 20 * MS);
+	cr_expect_geq(tu_now_ns() - t0, 20 * MS);
 }
 
 Test(eventcount, a_notify_makes_every_older_key_stale)
@@ -303,10 +262,10 @@ static int sleeper(void *p)
 static void await_sleepers(struct sleepers *s, int n)
 {
 	while (__atomic_load_n(&s->entered, __ATOMIC_ACQUIRE) < n)
-		sleep_ms(1);
+		tu_sleep_ms(1);
 	for (int i = 0; i < n; i++)
-		while (!asleep_in_futex(__atomic_load_n(&s->ids[i], __ATOMIC_RELAXED)))
-			sleep_ms(1);
+		while (!tu_asleep_in_futex(__atomic_load_n(&s->ids[i], __ATOMIC_RELAXED)))
+			tu_sleep_ms(1);
 }
 
 static void two_sleepers(enum backend be)

@@ -46,13 +46,6 @@ static void close_pair(int sv[2])
 	close(sv[1]);
 }
 
-static int64_t now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * SEC + ts.tv_nsec;
-}
-
 /* A memfd whose size tags it: @tag bytes long. */
 static int tagged_fd(int tag)
 {
@@ -274,10 +267,10 @@ Test(fdpass, recv_times_out_no_earlier_than_asked)
 		char h[4];
 		unsigned n;
 		make_pair(types[t], sv);
-		int64_t t0 = now_ns();
+		int64_t t0 = tu_now_ns();
 		cr_expect_eq(ferry_fds_recv(sv[1], h, sizeof(h), NULL, 0, &n, 50 * MS), -ETIMEDOUT,
 			     "%s: %s", tname(types[t]), ferry_errmsg());
-		int64_t took = now_ns() - t0;
+		int64_t took = tu_now_ns() - t0;
 		cr_expect_geq(took, 50 * MS, "%s: returned after %lld ns", tname(types[t]),
 			      (long long)took);
 		close_pair(sv);
@@ -307,10 +300,10 @@ Test(fdpass, send_on_a_full_socket_waits_then_times_out)
 		fill_socket(sv[0]);
 		char h = 1;
 		cr_expect_eq(ferry_fds_send(sv[0], &h, 1, NULL, 0, 0), -EAGAIN, "%s", ferry_errmsg());
-		int64_t t0 = now_ns();
+		int64_t t0 = tu_now_ns();
 		cr_expect_eq(ferry_fds_send(sv[0], &h, 1, NULL, 0, 30 * MS), -ETIMEDOUT, "%s: %s",
 			     tname(types[t]), ferry_errmsg());
-		int64_t took = now_ns() - t0;
+		int64_t took = tu_now_ns() - t0;
 		cr_expect_geq(took, 30 * MS, "%s: returned after %lld ns", tname(types[t]),
 			      (long long)took);
 		close_pair(sv);
@@ -574,9 +567,9 @@ Test(fdpass, stream_message_cut_by_the_timeout_is_eproto)
 	make_pair(SOCK_STREAM, sv);
 	cr_assert_eq(raw_send(sv[0], &fr, sizeof(fr), fd, 1), (ssize_t)sizeof(fr));
 	close(fd);
-	int64_t t0 = now_ns();
+	int64_t t0 = tu_now_ns();
 	cr_expect_eq(ferry_fds_recv(sv[1], h, 8, in, 1, &n, 20 * MS), -EPROTO, "%s", ferry_errmsg());
-	cr_expect_geq(now_ns() - t0, 20 * MS);
+	cr_expect_geq(tu_now_ns() - t0, 20 * MS);
 	cr_expect(strstr(ferry_errmsg(), "out of sync") != NULL, "message: %s", ferry_errmsg());
 	/* A peer that closes mid-message: -EPIPE. */
 	cr_assert_eq(raw_send(sv[0], &fr, sizeof(fr), -1, 0), (ssize_t)sizeof(fr));

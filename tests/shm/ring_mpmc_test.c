@@ -1,5 +1,6 @@
 /* tests/shm/ring_mpmc_test.c - the MPMC ring of fixed-size slots. */
 #include "util/util.h"
+#include "util/ring_elem.h"
 
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -65,40 +66,6 @@ static uint64_t word(uint64_t pos, uint32_t pid, unsigned st)
 
 TestSuite(ring_mpmc, .timeout = 60);
 
-/* A 64-byte element: who, which, payload, and a checksum over all of it. */
-struct elem {
-	uint32_t producer;
-	uint32_t pad;
-	uint64_t seq;
-	uint64_t payload[5];
-	uint64_t check;
-};
-_Static_assert(sizeof(struct elem) == 64, "elem");
-
-static uint64_t mix(uint64_t x)
-{
-	x ^= x >> 33;
-	x *= 0xff51afd7ed558ccdull;
-	x ^= x >> 33;
-	x *= 0xc4ceb9fe1a85ec53ull;
-	return x ^ (x >> 33);
-}
-
-static struct elem mk_elem(uint32_t producer, uint64_t seq)
-{
-	struct elem e = { producer, 0, seq, { 0 }, 0 };
-	uint64_t c = mix(producer * 1000003ull + seq);
-	for (int i = 0; i < 5; i++)
-		e.payload[i] = mix(c + (uint64_t)i);
-	e.check = mix(c ^ e.payload[4]) ^ seq;
-	return e;
-}
-
-static bool elem_ok(const struct elem *e)
-{
-	struct elem x = mk_elem(e->producer, e->seq);
-	return memcmp(&x, e, sizeof x) == 0;
-}
 
 static ferry_ring_mpmc *mk(size_t slots, size_t elem, size_t *memsize)
 {
@@ -817,13 +784,6 @@ struct party {
 	int err;
 };
 
-static int64_t now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 static bool keep_waiting(const struct party *p, unsigned *spins)
 {
 	if (++*spins % 64)
@@ -831,7 +791,7 @@ static bool keep_waiting(const struct party *p, unsigned *spins)
 	sched_yield();
 	if (*spins % 4096)
 		return true;
-	if (now_ns() > p->deadline)
+	if (tu_now_ns() > p->deadline)
 		return false;
 	return !p->parent || getppid() == p->parent;
 }
@@ -910,7 +870,7 @@ static void run_parties(int nprod, int ncons, uint64_t count, size_t batch, bool
 	ferry_ring_mpmc *r = tu_shared_alloc(n);
 	cr_assert_eq(ferry_ring_mpmc_init(r, n, sizeof(struct elem)), 0);
 	struct party *ps = tu_shared_alloc(sizeof(struct party) * (size_t)(nprod + ncons));
-	int64_t deadline = now_ns() + 40000000000ll;
+	int64_t deadline = tu_now_ns() + 40000000000ll;
 	for (int i = 0; i < nprod + ncons; i++)
 		ps[i] = (struct party){ .r = r, .id = i < nprod ? (uint32_t)i + 1 : 0, .count = count,
 					.nprod = nprod, .batch = batch,
@@ -990,9 +950,9 @@ Test(ring_mpmc, wait_forms_time_out_and_try)
 	struct ferry_ring_wait w = { .not_empty = &ne, .not_full = &nf };
 	struct elem e = mk_elem(1, 1);
 	cr_expect_eq(ferry_ring_mpmc_pop_wait(r, &e, sizeof e, &w, 0), -EAGAIN);
-	int64_t t0 = now_ns();
+	int64_t t0 = tu_now_ns();
 	cr_expect_eq(ferry_ring_mpmc_pop_wait(r, &e, sizeof e, &w, 20000000), -ETIMEDOUT);
-	cr_expect_geq(now_ns() - t0, 20000000, "returned before the timeout");
+	cr_expect_geq(tu_now_ns() - t0, 20000000, "returned before the timeout");
 	cr_expect_eq(ferry_ring_mpmc_push_wait(r, &e, sizeof e, &w, 0), 0);
 	cr_expect_eq(ferry_ring_mpmc_push_wait(r, &e, sizeof e, &w, 0), 0);
 	w.strategy = FERRY_RING_SLEEP;

@@ -1332,11 +1332,6 @@ Test(ring_spsc, batches_across_the_top_of_the_position_space)
  */
 #define VB_RECORDS 400000L
 
-static int64_t now_ns(void)
-{
-	return deadline_in(0);
-}
-
 static size_t vb_len(long seq)
 {
 	return 9 + (size_t)(seq * 37 % 193);
@@ -1367,7 +1362,7 @@ static void views_batch_vs_lazy_consumer(unsigned batch, bool single)
 			}
 			int got = ferry_ring_spsc_view_push_batch(&v, recs, k);
 			if (got == -EAGAIN) {
-				if (now_ns() > deadline)
+				if (tu_now_ns() > deadline)
 					_exit(11);
 				continue;
 			}
@@ -1392,7 +1387,7 @@ static void views_batch_vs_lazy_consumer(unsigned batch, bool single)
 			k = ferry_ring_spsc_view_peek_batch(&v, recs, batch);
 		}
 		if (k == -EAGAIN) {
-			cr_assert_lt(now_ns(), deadline, "stuck at record %ld", seq);
+			cr_assert_lt(tu_now_ns(), deadline, "stuck at record %ld", seq);
 			continue;
 		}
 		cr_assert_gt(k, 0, "record %ld: %d (%s)", seq, k, ferry_errmsg());

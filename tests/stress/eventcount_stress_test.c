@@ -28,13 +28,6 @@
 #define LITMUS_NS (3000LL * 1000000)
 #define NCONSUMERS 3
 
-static int64_t now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 static uint32_t rnd(uint32_t *s)
 {
 	uint32_t x = *s;
@@ -178,9 +171,9 @@ static void pingpong(enum backend be)
 	start(&r, be, pong, pp);
 	uint32_t rng = 0x2545f491u;
 	uint32_t never = 0;
-	int64_t end = now_ns() + RUN_NS;
+	int64_t end = tu_now_ns() + RUN_NS;
 	uint64_t rounds = 0;
-	while (now_ns() < end) {
+	while (tu_now_ns() < end) {
 		await_eq(&pp->empty, &pp->slot, 0, &never, &rng);
 		/* release: pairs with the acquire loads in await_eq of pong */
 		__atomic_store_n(&pp->slot, 1, __ATOMIC_RELEASE);
@@ -266,9 +259,9 @@ static void broadcast(enum backend be)
 		start(&r[i], be, listener, b);
 	uint32_t rng = 0xc2b2ae35u;
 	uint32_t never = 0;
-	int64_t end = now_ns() + RUN_NS;
+	int64_t end = tu_now_ns() + RUN_NS;
 	uint32_t epoch = 0;
-	while (now_ns() < end) {
+	while (tu_now_ns() < end) {
 		/* relaxed: nobody reads acks until the epoch store below releases it */
 		__atomic_store_n(&b->acks, 0, __ATOMIC_RELAXED);
 		/* release: pairs with the acquire loads in await_new_epoch */
@@ -349,8 +342,8 @@ Test(eventcount_stress, dekker_litmus_never_loses_both_sides)
 	cr_assert_eq(pthread_create(&th, NULL, litmus_consumer, l), 0);
 	uint32_t rng = 0x165667b1u;
 	uint32_t lost = 0, rounds = 0, sleeper_seen = 0;
-	int64_t end = now_ns() + LITMUS_NS;
-	while (now_ns() < end) {
+	int64_t end = tu_now_ns() + LITMUS_NS;
+	while (tu_now_ns() < end) {
 		uint32_t round = ++rounds;
 		/* relaxed: the consumer is parked until the release store of start */
 		__atomic_store_n(&l->ec.word, 0, __ATOMIC_RELAXED);

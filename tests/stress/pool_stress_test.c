@@ -42,13 +42,6 @@ static void teardown(void)
 
 TestSuite(pool_stress, .init = setup, .fini = teardown, .timeout = 300);
 
-static int64_t now_ns(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (int64_t)t.tv_sec * SEC + t.tv_nsec;
-}
-
 static int task(ferry_pool_ctx *ctx, const ferry_value *arg, ferry_value **res)
 {
 	int64_t n = -1;
@@ -116,10 +109,10 @@ Test(pool_stress, sigkill_storm_process)
 	cr_assert_eq(ferry_pool_create(&p, &o), 0, "%s", ferry_errmsg());
 	ferry_pool_task **ts = calloc(NTASKS, sizeof *ts);
 	cr_assert_not_null(ts);
-	struct chaos c = { .pool = p, .seed = (unsigned)now_ns() };
+	struct chaos c = { .pool = p, .seed = (unsigned)tu_now_ns() };
 	pthread_t th;
 	pthread_create(&th, NULL, killer, &c);
-	int64_t t0 = now_ns();
+	int64_t t0 = tu_now_ns();
 	int forgotten = 0;
 	for (int i = 0; i < NTASKS; i++) {
 		ferry_value *v = ferry_value_int(i);
@@ -155,13 +148,13 @@ Test(pool_stress, sigkill_storm_process)
 	}
 	atomic_store(&c.stop, 1);
 	pthread_join(th, NULL);
-	int64_t secs = (now_ns() - t0) / SEC;
+	int64_t secs = (tu_now_ns() - t0) / SEC;
 	for (int i = 0; i < NTASKS; i++)
 		cr_assert_leq(atomic_load(&runs[i]), 1, "task %d ran %d times", i, atomic_load(&runs[i]));
 	/* Fire-and-forget tasks finish on their own; the last crash's
 	 * replacement may still be starting; callbacks may still be queued. */
 	cr_assert_eq(ferry_pool_drain(p, 60 * SEC), 0, "%s", ferry_errmsg());
-	int64_t end = now_ns() + 20 * SEC;
+	int64_t end = tu_now_ns() + 20 * SEC;
 	struct ferry_pool_stats st;
 	for (;;) {
 		cr_assert_eq(ferry_pool_stats(p, &st), 0);
@@ -170,7 +163,7 @@ Test(pool_stress, sigkill_storm_process)
 		/* a kill sent just before the chaos stopped may still be in the
 		 * middle of its recovery: wait for a quiet state */
 		int replaced = st.spawned == 2 + st.crashes && ferry_pool_worker_pids(p, NULL, 0) == 2;
-		if ((settled && cbs && replaced) || now_ns() > end)
+		if ((settled && cbs && replaced) || tu_now_ns() > end)
 			break;
 		usleep(1000);
 	}
@@ -233,7 +226,7 @@ Test(pool_stress, cancel_storm_thread)
 	cr_assert_eq(ferry_pool_create(&p, &o), 0, "%s", ferry_errmsg());
 	ferry_pool_task **ts = calloc(NTASKS, sizeof *ts);
 	cr_assert_not_null(ts);
-	struct chaos c = { .pool = p, .tasks = ts, .seed = (unsigned)now_ns() };
+	struct chaos c = { .pool = p, .tasks = ts, .seed = (unsigned)tu_now_ns() };
 	pthread_t th;
 	pthread_create(&th, NULL, canceller, &c);
 	for (int i = 0; i < NTASKS; i++) {
@@ -367,13 +360,13 @@ static void loop_storm(int backend)
 	cr_assert_eq(ferry_loop_create(&loop, NULL), 0, "%s", ferry_errmsg());
 	ferry_pool_task **ts = calloc(NLOOP, sizeof *ts);
 	cr_assert_not_null(ts);
-	struct chaos c = { .pool = p, .tasks = ts, .seed = (unsigned)now_ns() };
+	struct chaos c = { .pool = p, .tasks = ts, .seed = (unsigned)tu_now_ns() };
 	struct lsub s = { .c = &c, .ls = ls, .loop = loop, .ts = ts };
 	pthread_t chaos_th, sub_th;
 	pthread_create(&sub_th, NULL, storm_submitter, &s);
 	pthread_create(&chaos_th, NULL, backend == FERRY_PROCESS ? killer : storm_canceller, &c);
-	int64_t end = now_ns() + 120 * SEC;
-	while (atomic_load(&ls->total) < NLOOP && now_ns() < end && !s.rc)
+	int64_t end = tu_now_ns() + 120 * SEC;
+	while (atomic_load(&ls->total) < NLOOP && tu_now_ns() < end && !s.rc)
 		ferry_loop_run(loop, FERRY_RUN_ONCE);
 	atomic_store(&c.stop, 1);
 	pthread_join(chaos_th, NULL);

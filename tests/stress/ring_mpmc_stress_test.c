@@ -9,6 +9,7 @@
  * of what it made, and the ring keeps working. Bounded by time.
  */
 #include "util/util.h"
+#include "util/ring_elem.h"
 
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -30,46 +31,6 @@ TestSuite(ring_mpmc_stress, .timeout = 300);
 
 #define RUN_MS 1200 /* per configuration */
 #define MAXP 4
-
-struct elem {
-	uint32_t producer;
-	uint32_t pad;
-	uint64_t seq;
-	uint64_t payload[5];
-	uint64_t check;
-};
-
-static uint64_t mix(uint64_t x)
-{
-	x ^= x >> 33;
-	x *= 0xff51afd7ed558ccdull;
-	x ^= x >> 33;
-	x *= 0xc4ceb9fe1a85ec53ull;
-	return x ^ (x >> 33);
-}
-
-static struct elem mk_elem(uint32_t producer, uint64_t seq)
-{
-	struct elem e = { producer, 0, seq, { 0 }, 0 };
-	uint64_t c = mix(producer * 1000003ull + seq);
-	for (int i = 0; i < 5; i++)
-		e.payload[i] = mix(c + (uint64_t)i);
-	e.check = mix(c ^ e.payload[4]) ^ seq;
-	return e;
-}
-
-static bool elem_ok(const struct elem *e)
-{
-	struct elem x = mk_elem(e->producer, e->seq);
-	return memcmp(&x, e, sizeof x) == 0;
-}
-
-static int64_t now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
 
 /* Lives in shared memory, so it works for processes and threads alike. */
 struct shared {
@@ -113,7 +74,7 @@ static bool keep_waiting(const struct arg *a, unsigned *spins)
 	sched_yield();
 	if (*spins % 2048)
 		return true;
-	if (now_ns() > a->sh->deadline)
+	if (tu_now_ns() > a->sh->deadline)
 		return false;
 	return !a->parent || getppid() == a->parent;
 }
@@ -219,7 +180,7 @@ static void run(int nprod, int ncons, size_t batch, bool processes, enum kill ki
 	sh->nprod = nprod;
 	sh->ncons = ncons;
 	sh->batch = batch;
-	sh->deadline = now_ns() + 120000000000ll;
+	sh->deadline = tu_now_ns() + 120000000000ll;
 	struct targ t[2 * MAXP];
 	pthread_t th[2 * MAXP];
 	pid_t pid[2 * MAXP];
@@ -235,7 +196,7 @@ static void run(int nprod, int ncons, size_t batch, bool processes, enum kill ki
 	}
 	int victim = -1;
 	if (kill_one != KILL_NONE) {
-		unsigned seed = (unsigned)now_ns();
+		unsigned seed = (unsigned)tu_now_ns();
 		usleep(100000 + (useconds_t)(rand_r(&seed) % (RUN_MS * 1000 / 2)));
 		victim = kill_one == KILL_PRODUCER ? rand_r(&seed) % nprod
 						   : nprod + rand_r(&seed) % ncons;

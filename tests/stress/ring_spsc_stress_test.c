@@ -24,13 +24,6 @@ TestSuite(ring_spsc_stress, .timeout = 120);
 
 #define PHASE_SEC 5 /* per ring size and mode; 2 sizes x 2 modes ~ 20 s */
 
-static int64_t now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 static uint64_t mix(uint64_t x)
 {
 	x ^= x >> 33;
@@ -115,7 +108,7 @@ static bool wait_more(const struct side *s, unsigned *spins)
 	sched_yield();
 	if (*spins % 512)
 		return true;
-	if (now_ns() > s->deadline)
+	if (tu_now_ns() > s->deadline)
 		return false;
 	return !s->parent || getppid() == s->parent;
 }
@@ -131,7 +124,7 @@ static int produce(void *arg)
 	struct side *s = arg;
 	size_t max = ferry_ring_spsc_max_record(s->r);
 	uint64_t seq = 0;
-	while ((seq & 255) || now_ns() < s->until) {
+	while ((seq & 255) || tu_now_ns() < s->until) {
 		size_t len = rec_len(seq, max);
 		uint64_t h = mix(seq ^ 0xabcdef);
 		size_t ask = (h & 3) == 0 ? len + (size_t)(h >> 32) % (max - len + 1) : len;
@@ -192,7 +185,7 @@ static void run_threads(size_t cap)
 	size_t n = ferry_ring_spsc_memsize(cap);
 	ferry_ring_spsc *r = aligned_alloc(64, n);
 	cr_assert_eq(ferry_ring_spsc_init(r, n), 0);
-	int64_t t0 = now_ns();
+	int64_t t0 = tu_now_ns();
 	struct side prod = { r, t0 + PHASE_SEC * 1000000000ll, t0 + 60000000000ll, 0, 0, 0 };
 	struct side cons = prod;
 	pthread_t t;
@@ -228,7 +221,7 @@ static void run_processes(size_t cap)
 	ferry_ring_spsc *r = mem;
 	cr_assert_eq(ferry_ring_spsc_init(r, n), 0);
 	struct shared_count *sc = (struct shared_count *)((char *)mem + n);
-	int64_t t0 = now_ns();
+	int64_t t0 = tu_now_ns();
 	struct side prod = { r, t0 + PHASE_SEC * 1000000000ll, t0 + 60000000000ll, getpid(), 0, 0 };
 	struct side cons = prod;
 	cons.parent = 0;

@@ -61,13 +61,6 @@ TestSuite(soak, .timeout = 900);
 #define SLOTS 6
 #define BURST_MAX 8
 
-static int64_t now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * SEC + ts.tv_nsec;
-}
-
 static uint64_t rng_next(uint64_t *s)
 {
 	uint64_t x = *s;
@@ -589,7 +582,7 @@ static void act_kill(struct slot *s)
 		int rc = post_msg(s, k, OP_ECHO, &pd[i], &keep[i]);
 		CHECK(rc == 0, "post before a kill: %d %s", rc, ferry_errmsg());
 	}
-	int64_t kill_at = now_ns() + (int64_t)(rng_next(&rng) % 3000) * 1000;
+	int64_t kill_at = tu_now_ns() + (int64_t)(rng_next(&rng) % 3000) * 1000;
 	bool killed = false;
 	int got = 0;
 	ferry_port *p = ferry_worker_port(s->w);
@@ -597,7 +590,7 @@ static void act_kill(struct slot *s)
 		ferry_msg *m = NULL;
 		int rc = ferry_port_recv(p, &m, killed ? WAIT : MS / 2);
 		if (rc == -ETIMEDOUT && !killed) {
-			if (now_ns() >= kill_at) {
+			if (tu_now_ns() >= kill_at) {
 				kill(ferry_worker_pid(s->w), SIGKILL);
 				killed = true;
 			}
@@ -677,8 +670,8 @@ static int soak_main(double seconds)
 	struct slot slots[SLOTS] = { { 0 } };
 	for (int i = 0; i < SLOTS; i++)
 		spawn(&slots[i]);
-	int64_t t0 = now_ns(), end = t0 + (int64_t)(seconds * SEC);
-	while (now_ns() < end) {
+	int64_t t0 = tu_now_ns(), end = t0 + (int64_t)(seconds * SEC);
+	while (tu_now_ns() < end) {
 		struct slot *s = &slots[rng_next(&rng) % SLOTS];
 		uint64_t r = rng_next(&rng) % 100;
 		if (r < 62) {
@@ -707,7 +700,7 @@ static int soak_main(double seconds)
 		ferry_value_free(nul);
 		reap(&slots[i], false);
 	}
-	rep->seconds = (double)(now_ns() - t0) / SEC;
+	rep->seconds = (double)(tu_now_ns() - t0) / SEC;
 	ferry_fini();
 	int fds = tu_count_fds(), maps = tu_count_maps();
 	CHECK(fds == start.fds, "fd leak: %d open at the end, %d at the start", fds, start.fds);
@@ -723,7 +716,7 @@ Test(soak, channels_between_threads_and_processes)
 	const char *e = getenv("FERRY_SOAK_SECONDS");
 	double seconds = e && atof(e) > 0 ? atof(e) : 60;
 	e = getenv("FERRY_SOAK_SEED");
-	uint64_t seed = e ? strtoull(e, NULL, 0) : (uint64_t)now_ns() ^ (uint64_t)getpid() << 32;
+	uint64_t seed = e ? strtoull(e, NULL, 0) : (uint64_t)tu_now_ns() ^ (uint64_t)getpid() << 32;
 	if (!seed)
 		seed = 1;
 	rep = tu_shared_alloc(sizeof *rep);

@@ -17,6 +17,45 @@
 #include <time.h>
 #include <unistd.h>
 
+int64_t tu_now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+void tu_sleep_ms(int ms)
+{
+	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000 };
+	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+		;
+}
+
+int tu_asleep_in_futex(pid_t id)
+{
+	char path[64], buf[512];
+	snprintf(path, sizeof path, "/proc/%d/stat", (int)id);
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return 0;
+	size_t n = fread(buf, 1, sizeof buf - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	char *p = strrchr(buf, ')');
+	if (!p || p[1] != ' ' || p[2] != 'S')
+		return 0;
+	snprintf(path, sizeof path, "/proc/%d/wchan", (int)id);
+	f = fopen(path, "r");
+	if (!f)
+		return 1;
+	n = fread(buf, 1, sizeof buf - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	if (n == 0 || strcmp(buf, "0") == 0)
+		return 1;
+	return strstr(buf, "futex") != NULL;
+}
+
 /* Entries of directory @path (not "." nor ".."), those @keep says 1 for
  * when it is given; -1 when @path cannot be read. */
 static int count_entries(const char *path, int (*keep)(const char *name))

@@ -6,6 +6,19 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+/* CLOCK_MONOTONIC in ns. */
+int64_t tu_now_ns(void);
+
+/* Sleep @ms milliseconds (restarted after a signal). */
+void tu_sleep_ms(int ms);
+
+/*
+ * Is thread or process @id asleep in a futex? State S, and the kernel's wait
+ * channel names a futex function when the kernel tells (it does here:
+ * "futex_do_wait"); with no wchan, S alone.
+ */
+int tu_asleep_in_futex(pid_t id);
+
 /* Open fds of this process (entries of /proc/self/fd, the directory's own excluded). */
 int tu_count_fds(void);
 
