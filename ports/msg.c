@@ -769,6 +769,26 @@ static void prefetch_w(void *a, size_t n)
 		__builtin_prefetch((void *)c, 1, 3);
 }
 
+/*
+ * After a commit of @len bytes at @w, take the lines of where the next
+ * record will go (about as long as this one) for writing. The consumer read
+ * them a lap ago and holds them shared: the next post's stores would each
+ * wait for the other core to give up its copy (16 lines for a 1 KiB
+ * message), and the notify's fence for all of them. Taken now, while this
+ * side waits for the reply, the transfers are off the next post's path (the
+ * echo's post of a 1 KiB record: ~0.48 -> ~0.34 us). A prefetch changes
+ * nothing the consumer can see, and never faults.
+ */
+static void prefetch_next(ferry_port *p, unsigned char *w, size_t len)
+{
+	unsigned char *data = (unsigned char *)p->txv.ring + FERRY_RING_SPSC_HDR_SIZE;
+	size_t cap = p->txv.capacity, need = len + 16;
+	size_t off = (size_t)(w - data) + ((len + 7) & ~(size_t)7); /* the next record's header */
+	if (need > cap / 2)
+		return;
+	prefetch_w(data + (off + need <= cap ? off : 0), need);
+}
+
 #define DIRECT_NONE 1 /* post_direct did nothing: the general path from the start */
 #define DIRECT_CBOR 2 /* the encoding is in the scratch, the table in @pl */
 
@@ -812,6 +832,7 @@ static int post_direct(ferry_port *p, const ferry_value *v, const struct ferry_x
 		ferry_ec_notify(&p->txd->data_ec);
 		ferry__port_wake_fd(p);
 		p->direct_len = head + len;
+		prefetch_next(p, w, head + len);
 		return 0;
 	}
 	ferry__ring_spsc_view_cancel(&p->txv);
