@@ -52,6 +52,7 @@ struct ferry_buf {
 	ferry_seg *seg; /* NULL: data is malloc'd (or the static empty byte) */
 	struct shared_ent *ent; /* a shared buffer's entry in the inode cache */
 	_Atomic uint32_t *hold; /* a count in @seg its sender reads (zero-copy receive) */
+	int inline_bytes; /* data sits in this allocation, after the handle */
 	int shared;
 	int detached;
 };
@@ -100,6 +101,11 @@ static void shared_leave(ferry_buf *b)
 
 /* Zero-length plain buffers point here, so data is never NULL while attached. */
 static char empty_bytes[1];
+
+/* Largest buffer received into its handle's own allocation. */
+#define INLINE_BYTES_MAX ((size_t)4096)
+/* Where its bytes start: as aligned as malloc's own (16). */
+#define INLINE_HDR ((sizeof(struct ferry_buf) + 15) & ~(size_t)15)
 
 static ferry_buf *handle_new(void)
 {
@@ -208,7 +214,21 @@ int ferry__buf_import_shared(ferry_buf **out, int fd, size_t len)
 int ferry__buf_from_bytes(ferry_buf **out, const void *data, size_t len)
 {
 	/* On the heap whatever the size: a clone arriving is copied once anyway,
-	 * and heap memory the allocator reuses is warm, a fresh segment is not. */
+	 * and heap memory the allocator reuses is warm, a fresh segment is not.
+	 * A small one shares the handle's allocation (one malloc, not two). */
+	if (len && len <= INLINE_BYTES_MAX) {
+		ferry_buf *b = malloc(INLINE_HDR + len);
+		if (!b)
+			return ferry__fail(-ENOMEM, "ferry_port_recv: out of memory for a %zu-byte buffer",
+					   len);
+		memset(b, 0, sizeof *b);
+		b->data = (unsigned char *)b + INLINE_HDR;
+		b->inline_bytes = 1;
+		memcpy(b->data, data, len);
+		b->len = len;
+		*out = b;
+		return 0;
+	}
 	ferry_buf *b = handle_new();
 	if (!b)
 		return -ENOMEM;
@@ -289,7 +309,7 @@ void ferry__buf_detach(ferry_buf *b)
 	b->hold = NULL;
 	if (b->seg)
 		ferry_seg_unref(b->seg);
-	else if (b->data != empty_bytes)
+	else if (b->data != empty_bytes && !b->inline_bytes)
 		free(b->data);
 	b->seg = NULL;
 	b->data = NULL;
