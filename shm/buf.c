@@ -52,6 +52,7 @@ struct ferry_buf {
 	ferry_seg *seg; /* NULL: data is malloc'd (or the static empty byte) */
 	struct shared_ent *ent; /* a shared buffer's entry in the inode cache */
 	_Atomic uint32_t *hold; /* a count in @seg its sender reads (zero-copy receive) */
+	pid_t hold_pid;         /* the process that counted itself in @hold */
 	int inline_bytes; /* data sits in this allocation, after the handle */
 	int shared;
 	int detached;
@@ -302,7 +303,11 @@ void ferry__buf_detach(ferry_buf *b)
 	if (b->detached)
 		return;
 	shared_leave(b);
-	if (b->hold)
+	/* A child forked while the buffer lived has a copy of the handle, not
+	 * a count of its own: only the process that counted takes it back (a
+	 * child's free would otherwise let the sender reuse the pages under the
+	 * parent's buffers). */
+	if (b->hold && b->hold_pid == getpid())
 		/* release: our reads of the bytes come before the sender's next
 		 * writes (it acquires the count before it reuses the segment) */
 		atomic_fetch_sub_explicit(b->hold, 1, memory_order_release);
@@ -341,6 +346,7 @@ int ferry__buf_from_seg_at(ferry_buf **out, ferry_seg *seg, void *data, size_t l
 	b->data = data;
 	b->len = len;
 	b->hold = hold;
+	b->hold_pid = hold ? getpid() : 0;
 	*out = b;
 	return 0;
 }

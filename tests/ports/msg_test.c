@@ -1215,6 +1215,49 @@ static void zero_copy_worker(int backend)
 Test(msg, zero_copy_reads_big_clones_in_place_thread) { zero_copy_worker(FERRY_THREAD); }
 Test(msg, zero_copy_reads_big_clones_in_place_process) { zero_copy_worker(FERRY_PROCESS); }
 
+/* A child forked while the parent holds buffers taken in place has copies
+ * of their handles: its frees do not give the pages back to the sender,
+ * which goes on leaving them alone while the parent holds them. */
+Test(msg, zero_copy_holds_survive_a_fork)
+{
+	ferry_worker *w = spawn(FERRY_PROCESS, echo_values);
+	ferry_port *p = ferry_worker_port(w);
+	cr_assert_eq(ferry_port_set_zero_copy(p, 1), 0);
+	ferry_buf *src;
+	cr_assert_eq(ferry_buf_create(&src, HAND_BYTES, 0), 0);
+	ferry_value *v = ferry_value_handle(FERRY_VALUE_BUF, src);
+	ferry_msg *kept[2];
+	for (int i = 0; i < 2; i++) {
+		hand_fill(src, (unsigned char)(60 + i));
+		cr_assert_eq(ferry_port_post(p, v, NULL, T10S), 0, "%s", ferry_errmsg());
+		kept[i] = recv_ok(p);
+		cr_assert(handed_over(hand_buf(kept[i])), "echo %d was copied out", i);
+	}
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		ferry_msg_free(kept[0]);
+		ferry_msg_free(kept[1]);
+		_exit(0);
+	}
+	cr_assert_eq(tu_wait(pid, 10000), 0);
+	for (int i = 0; i < 2 * FERRY_SPILL_CACHE; i++) {
+		hand_fill(src, (unsigned char)(70 + i));
+		cr_assert_eq(ferry_port_post(p, v, NULL, T10S), 0, "%s", ferry_errmsg());
+		ferry_msg *m = recv_ok(p);
+		cr_assert(hand_holds(hand_buf(m), (unsigned char)(70 + i)));
+		ferry_msg_free(m);
+		for (int j = 0; j < 2; j++)
+			cr_assert(hand_holds(hand_buf(kept[j]), (unsigned char)(60 + j)),
+				  "held echo %d changed after message %d", j, i);
+	}
+	ferry_msg_free(kept[0]);
+	ferry_msg_free(kept[1]);
+	finish(w);
+	ferry_value_free(v);
+	ferry_buf_free(src);
+}
+
 Test(msg, set_zero_copy_arguments)
 {
 	cr_expect_eq(ferry_port_set_zero_copy(NULL, 1), -EINVAL);
