@@ -189,17 +189,21 @@ int bench_prepare(struct bench_ctx *ctx, struct bench_samples *out, enum bench_c
 	return 0;
 }
 
-int bench_prepare_start(struct bench_ctx *ctx, struct bench_samples *out, size_t *n,
-			size_t *warm, void **shared)
+int bench_prepare_start(struct bench_ctx *ctx, struct bench_samples *out, struct bench_loop *lp,
+			void **shared)
 {
-	int r = bench_prepare(ctx, out, BENCH_START, n, warm);
+	*lp = (struct bench_loop){ 0 };
+	int r = bench_prepare(ctx, out, BENCH_START, &lp->n, &lp->warm);
 	if (r)
 		return r;
 	r = bench_pin(ctx, BENCH_ANY);
 	if (r)
 		return bench_fail(ctx, r, "sched_setaffinity");
-	if (shared && !(*shared = bench_shared_alloc(4096)))
-		return bench_fail(ctx, -errno, "mmap shared page");
+	if (shared) {
+		if (!(*shared = bench_shared_alloc(4096)))
+			return bench_fail(ctx, -errno, "mmap shared page");
+		fflush(NULL); /* the row forks: nothing buffered may be written twice */
+	}
 	return 0;
 }
 

@@ -168,16 +168,6 @@ int bench_ferry_fail(struct bench_ctx *ctx, int r, const char *what);
 int bench_prepare(struct bench_ctx *ctx, struct bench_samples *out, enum bench_cost cost,
 		  size_t *n, size_t *warm);
 
-/*
- * bench_prepare_start - the prologue of a start or terminate row: a
- * BENCH_START bench_prepare, then the main side unpinned (BENCH_ANY), so
- * that the new thread or process goes where the scheduler puts it, as a
- * worker's does. With @shared, also one zeroed page both sides of a fork
- * see (bench_shared_alloc(4096); bench_shared_free it at the end). Returns 0
- * or a negative errno (bench_fail already called; nothing left to free).
- */
-int bench_prepare_start(struct bench_ctx *ctx, struct bench_samples *out, size_t *n,
-			size_t *warm, void **shared);
 
 /*
  * bench_fork_server_start - ferry_init with the fork server, for a row that
@@ -295,6 +285,19 @@ static inline int bench_loop_next(const struct bench_ctx *ctx, struct bench_loop
 	lp->m++;
 	return 1;
 }
+
+/*
+ * bench_prepare_start - the prologue of a start or terminate row: a
+ * BENCH_START bench_prepare into @lp (its warm-up and measured rounds), then
+ * the main side unpinned (BENCH_ANY), so that the new thread or process goes
+ * where the scheduler puts it, as a worker's does. With @shared, also one
+ * zeroed page both sides of a fork see (bench_shared_alloc(4096);
+ * bench_shared_free it at the end), and stdio flushed before the forks.
+ * Returns 0 or a negative errno (bench_fail already called; nothing left to
+ * free).
+ */
+int bench_prepare_start(struct bench_ctx *ctx, struct bench_samples *out, struct bench_loop *lp,
+			void **shared);
 
 struct bench_stats {
 	size_t n;

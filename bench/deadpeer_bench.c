@@ -47,14 +47,12 @@ static int run_deadpeer(struct bench_ctx *ctx, const struct bench_scenario *s,
 			struct bench_samples *out)
 {
 	int ferry = s->arg != NULL;
-	size_t n, warm;
+	struct bench_loop lp;
 	void *page;
-	int r = bench_prepare_start(ctx, out, &n, &warm, &page);
+	int r = bench_prepare_start(ctx, out, &lp, &page);
 	if (r)
 		return r;
 	_Atomic uint32_t *up = page;
-	fflush(NULL);
-	struct bench_loop lp = { .warm = warm, .n = n };
 	while (bench_loop_next(ctx, &lp)) {
 		atomic_store(up, 0);
 		ferry_port *a = NULL, *b = NULL;

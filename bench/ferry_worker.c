@@ -270,8 +270,8 @@ static int run_start(struct bench_ctx *ctx, const struct bench_scenario *s,
 	const struct rt_param *prm = s->arg;
 	/* Like the pthread_create and fork floors: the new side goes where the
 	 * scheduler puts it. */
-	size_t n, warm;
-	int r = bench_prepare_start(ctx, out, &n, &warm, NULL);
+	struct bench_loop lp;
+	int r = bench_prepare_start(ctx, out, &lp, NULL);
 	if (r)
 		return r;
 	echo_cfg.timeout_ns = ctx->peer_timeout_ns;
@@ -281,7 +281,6 @@ static int run_start(struct bench_ctx *ctx, const struct bench_scenario *s,
 		.name = "bench-start",
 		.arg = &echo_cfg,
 	};
-	struct bench_loop lp = { .warm = warm, .n = n };
 	while (bench_loop_next(ctx, &lp)) {
 		ferry_worker *w;
 		uint64_t t0 = bench_now();
@@ -440,8 +439,8 @@ static int run_term(struct bench_ctx *ctx, const struct bench_scenario *s,
 		    struct bench_samples *out)
 {
 	const struct term_param *prm = s->arg;
-	size_t n, warm;
-	int r = bench_prepare_start(ctx, out, &n, &warm, NULL);
+	struct bench_loop lp;
+	int r = bench_prepare_start(ctx, out, &lp, NULL);
 	if (r)
 		return r;
 	if (prm->server && (r = bench_fork_server_start(ctx)) != 0)
@@ -459,7 +458,6 @@ static int run_term(struct bench_ctx *ctx, const struct bench_scenario *s,
 		.name = "bench-term",
 		.spawn = prm->spawn,
 	};
-	struct bench_loop lp = { .warm = warm, .n = n };
 	while (bench_loop_next(ctx, &lp)) {
 		ferry_worker *w;
 		r = ferry_worker_spawn(&w, &o);
@@ -521,14 +519,12 @@ static int run_term_floor(struct bench_ctx *ctx, const struct bench_scenario *s,
 			  struct bench_samples *out)
 {
 	int process = s->arg != NULL;
-	size_t n, warm;
+	struct bench_loop lp;
 	void *page;
-	int r = bench_prepare_start(ctx, out, &n, &warm, &page);
+	int r = bench_prepare_start(ctx, out, &lp, &page);
 	if (r)
 		return r;
 	_Atomic uint32_t *up = page;
-	fflush(NULL);
-	struct bench_loop lp = { .warm = warm, .n = n };
 	while (bench_loop_next(ctx, &lp)) {
 		atomic_store(up, 0);
 		atomic_store(&term_up, 0);

@@ -356,12 +356,11 @@ static int run_pthread_start(struct bench_ctx *ctx, const struct bench_scenario 
 			     struct bench_samples *out)
 {
 	/* The new thread goes where the scheduler puts it, as a worker does. */
-	size_t n, warm;
-	int r = bench_prepare_start(ctx, out, &n, &warm, NULL);
+	struct bench_loop lp;
+	int r = bench_prepare_start(ctx, out, &lp, NULL);
 	if (r)
 		return r;
 	static struct start_flag flag;
-	struct bench_loop lp = { .warm = warm, .n = n };
 	while (bench_loop_next(ctx, &lp)) {
 		atomic_store_explicit(&flag.up, 0, memory_order_relaxed);
 		pthread_t t;
@@ -384,14 +383,12 @@ static int run_pthread_start(struct bench_ctx *ctx, const struct bench_scenario 
 static int run_fork_start(struct bench_ctx *ctx, const struct bench_scenario *s,
 			  struct bench_samples *out)
 {
-	size_t n, warm;
+	struct bench_loop lp;
 	void *page;
-	int r = bench_prepare_start(ctx, out, &n, &warm, &page);
+	int r = bench_prepare_start(ctx, out, &lp, &page);
 	if (r)
 		return r;
 	struct start_flag *flag = page;
-	fflush(NULL);
-	struct bench_loop lp = { .warm = warm, .n = n };
 	while (bench_loop_next(ctx, &lp)) {
 		atomic_store_explicit(&flag->up, 0, memory_order_relaxed);
 		uint64_t t0 = bench_now();

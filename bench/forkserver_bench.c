@@ -89,14 +89,14 @@ static int run_fs_start(struct bench_ctx *ctx, const struct bench_scenario *s,
 			struct bench_samples *out)
 {
 	const struct fs_param *prm = s->arg;
-	size_t n, warm;
-	int r = bench_prepare_start(ctx, out, &n, &warm, NULL);
+	struct bench_loop lp;
+	int r = bench_prepare_start(ctx, out, &lp, NULL);
 	if (r)
 		return r;
 	if (prm->big_heap) {
 		/* Tens of ms each from a big parent: fewer rounds. */
-		n = ctx->quick ? n / 10 + 1 : n / 5 + 1;
-		warm = warm / 10 + 1;
+		lp.n = ctx->quick ? lp.n / 10 + 1 : lp.n / 5 + 1;
+		lp.warm = lp.warm / 10 + 1;
 	}
 	if (prm->server && (r = bench_fork_server_start(ctx)) != 0)
 		return r;
@@ -111,7 +111,6 @@ static int run_fs_start(struct bench_ctx *ctx, const struct bench_scenario *s,
 		.name = "bench-fs",
 		.spawn = prm->spawn,
 	};
-	struct bench_loop lp = { .warm = warm, .n = n };
 	while (bench_loop_next(ctx, &lp)) {
 		ferry_worker *w;
 		uint64_t t0 = bench_now();
