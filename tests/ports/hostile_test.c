@@ -18,6 +18,7 @@
 #include "ports/port_int.h"
 #include "shm/buf_int.h"
 #include "util/util.h"
+#include "util/wire.h"
 
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -160,34 +161,7 @@ __attribute__((unused)) static int known_bugs(void)
 #define R_KIND_DATA 0x5245ull
 #define R_KIND_PAD 0x5041ull
 
-/* ports/msg.c: the clone record, its descriptors, fd batches, spill header. */
-struct w_clone_hdr {
-	uint32_t nhandles;
-	uint32_t nfds;
-	uint64_t fd_seq;
-	uint64_t body_len;
-	uint64_t cbor_len;
-	uint32_t flags;
-	uint32_t pad;
-};
-struct w_desc {
-	uint32_t type;
-	uint32_t pad;
-	uint64_t len;
-	uint64_t off;
-};
-struct w_batch {
-	uint64_t seq;
-	uint32_t index;
-	uint32_t count;
-};
-_Static_assert(sizeof(struct w_clone_hdr) == 40, "clone_hdr mirror");
-_Static_assert(sizeof(struct w_desc) == 24, "handle_desc mirror");
-_Static_assert(sizeof(struct w_batch) == 16, "fd_batch mirror");
-enum { H_INLINE = 1, H_SEG = 2, H_SHARED = 3, H_PORT = 4 };
-#define W_SPILLED 1u
-#define W_SPILL_MAGIC 0x6c6c697079726566ull
-#define W_SPILL_HDR 64
+/* ports/msg.c's clone record, descriptors, fd batches, spill header: util/wire.h */
 
 static _Atomic uint64_t *r64(ferry_ring_spsc *r, size_t off)
 {

@@ -4,6 +4,7 @@
 #include "ports/port_int.h"
 #include "shm/buf_int.h"
 #include "util/util.h"
+#include "util/wire.h"
 
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -209,24 +210,8 @@ Test(port_fd, dead_process_peer_wakes_the_poll)
  * A sender caught between sending a message's fd batch and committing its
  * record (preempted there, say), played by hand on the sender's port: the
  * batch goes on the control socket now, the record when the test says.
- * Mirrors of ports/msg.c's private record layout, as tests/ports/hostile_test.c.
+ * The record layout: util/wire.h.
  */
-struct w_clone_hdr {
-	uint32_t nhandles;
-	uint32_t nfds;
-	uint64_t fd_seq;
-	uint64_t body_len;
-	uint64_t cbor_len;
-	uint32_t flags;
-	uint32_t nstash;
-};
-struct w_desc {
-	uint32_t type;
-	uint32_t pad;
-	uint64_t len;
-	uint64_t off;
-};
-#define W_BUF_SEG 2
 
 struct inflight {
 	ferry_port *a;
@@ -261,7 +246,7 @@ static void inflight_commit(struct inflight *f)
 	struct wire_hdr wh = { .kind = WIRE_CLONE };
 	struct w_clone_hdr ch = { .nhandles = 1, .nfds = 1, .fd_seq = f->seq, .body_len = cbor_len,
 				  .cbor_len = cbor_len };
-	struct w_desc d = { .type = W_BUF_SEG, .len = FERRY_BUF_SEG_MIN };
+	struct w_desc d = { .type = H_SEG, .len = FERRY_BUF_SEG_MIN };
 	size_t len = sizeof wh + sizeof ch + sizeof d + cbor_len;
 	void *where;
 	cr_assert_eq(ferry_ring_spsc_view_reserve(&f->a->txv, len, &where), 0);
@@ -475,8 +460,8 @@ Test(port_fd, forged_stash_descriptors_fail_one_message)
 		struct w_clone_hdr ch = { .nhandles = 1, .nfds = 2, .fd_seq = seq, .body_len = cbor_len,
 					  .cbor_len = cbor_len, .nstash = how == 1 ? 3 : 1 };
 		struct w_desc d[2] = {
-			{ .type = W_BUF_SEG, .len = FERRY_BUF_SEG_MIN },
-			{ .type = how == 2 ? 4 : 5, .pad = 0, .len = seq, .off = (1u << 16) | 1 },
+			{ .type = H_SEG, .len = FERRY_BUF_SEG_MIN },
+			{ .type = how == 2 ? H_PORT : H_STASH, .pad = 0, .len = seq, .off = (1u << 16) | 1 },
 		};
 		size_t len = sizeof wh + sizeof ch + sizeof d + cbor_len;
 		void *where;
