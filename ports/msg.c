@@ -431,8 +431,6 @@ static int send_fds(ferry_port *p, uint64_t seq, const int *fds, unsigned n, int
  * the mappings of the last few it saw, found again by inode.
  */
 #define SPILL_MAGIC 0x6c6c697079726566ull /* "ferryspill" */
-/* Handles (and stashed batches) a receive keeps its tables for on the stack. */
-#define RECV_FEW 8
 #define SPILL_HDR ((size_t)64)
 /* Smallest inline buffer handed over in place rather than copied out. */
 #define HAND_MIN ((size_t)64 * 1024)
@@ -1144,6 +1142,9 @@ static void free_handles(struct msg_handle *hs, size_t n)
 	}
 }
 
+/* Handles (and stashed batches) a receive keeps its tables for on the stack. */
+#define RECV_FEW 8
+
 int ferry__msg_decode(ferry_port *p, const unsigned char *rec, size_t len, ferry_msg **out)
 {
 	struct clone_hdr ch;
@@ -1498,9 +1499,7 @@ FERRY_API void ferry_msg_free(ferry_msg *m)
 	if (!m)
 		return;
 	if (m->handles) {
-		free_handles(m->handles, m->nhandles);
-		if (m->handles != (struct msg_handle *)(void *)m->data)
-			free(m->handles);
+		free_handles(m->handles, m->nhandles); /* the array is part of m */
 	}
 	ferry_value_free(m->value);
 	free(m);

@@ -194,7 +194,7 @@ struct ferry_msg {
 	int ctrl;                   /* a WIRE_CTRL record (raw bytes in data) */
 	size_t len;
 	struct ferry_value *value;  /* NULL for raw bytes */
-	struct msg_handle *handles;
+	struct msg_handle *handles; /* a clone's, in data[] (one allocation) */
 	size_t nhandles;
 	alignas(16) unsigned char data[];
 };
