@@ -36,11 +36,13 @@
 #define KIB ((size_t)1024)
 #define MIB ((size_t)1024 * 1024)
 #define RAW_BYTES 64 /* the raw round trip's message */
+#define OBJ_BYTES 1014 /* the size of the 1 KiB object's CBOR today */
+#define RAW_MAX 4096   /* the largest raw row */
 #define ACK_BYTES 8  /* the worker's ack */
 
 enum pay_kind {
 	PK_MEMCPY,    /* memcpy of size bytes, no worker */
-	PK_RAW,       /* 64 B ferry_port_post_bytes round trip */
+	PK_RAW,       /* ferry_port_post_bytes round trip of size bytes (at most RAW_MAX) */
 	PK_MEMCPY_RT, /* memcpy(size) then the 64 B round trip */
 	PK_CLONE,     /* buffer cloned both ways */
 	PK_XFER,      /* buffer transferred both ways */
@@ -537,11 +539,11 @@ static int pay_round(struct bench_ctx *ctx, struct pay_state *st, int verify)
 		pay_copy(st->dst, st->src, prm->size);
 		/* fall through */
 	case PK_RAW: {
-		static const char msg[RAW_BYTES] = "payload";
-		r = ferry_port_post_bytes(p, msg, sizeof msg, ctx->peer_timeout_ns);
+		static const char msg[RAW_MAX] = "payload";
+		r = ferry_port_post_bytes(p, msg, prm->size, ctx->peer_timeout_ns);
 		if (r)
 			return bench_ferry_fail(ctx, r, "ferry_port_post_bytes");
-		return pay_recv_raw(ctx, p, RAW_BYTES);
+		return pay_recv_raw(ctx, p, prm->size);
 	}
 	case PK_CLONE:
 	case PK_OBJECT:
@@ -643,6 +645,10 @@ static int pay_setup(struct bench_ctx *ctx, struct pay_state *st)
 			prm->kind == PK_SHARED ? FERRY_VALUE_SHARED : FERRY_VALUE_BUF, st->buf);
 		if (!st->val)
 			return bench_ferry_fail(ctx, -ENOMEM, "ferry_value_handle");
+		return 0;
+	case PK_RAW:
+		if (size > RAW_MAX)
+			return bench_failx(ctx, -EINVAL, "a raw row of %zu bytes (most %d)", size, RAW_MAX);
 		return 0;
 	case PK_OBJECT: {
 		st->val = obj_build();
@@ -797,6 +803,9 @@ static const struct bench_scenario payload_scenarios[] = {
 	ROW2("payload.shared.16m", G_SHARED, 358, "shared 16 MiB", RAW, PK_SHARED, 16 * MIB),
 	ROW2("payload.shared.64m", G_SHARED, 360, "shared 64 MiB", RAW, PK_SHARED, 64 * MIB),
 
+	/* the object's bytes as raw bytes: the transport's share of its round trip */
+	ROW2("payload.raw1k", G_OBJECT, 368, "port 1014 B raw (the object's size, no codec)", RAW,
+	     PK_RAW, OBJ_BYTES),
 	ROW2("payload.object1k", G_OBJECT, 370, "1 KiB object (Node: 84-88 us)", RAW, PK_OBJECT,
 	     0),
 	ROW2("payload.oneway1m", G_ONEWAY, 380, "clone 1 MiB one way", MEMRT, PK_ONEWAY, MIB),

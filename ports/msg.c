@@ -770,39 +770,6 @@ static int try_reserve_rec(ferry_port *p, void *arg)
 	return ferry_ring_spsc_view_reserve(&p->txv, a->len, &a->where);
 }
 
-/* Ask for the lines of [@a, @a + @n) for writing: they were last held by
- * the receiver, which read the records before; the misses then overlap the
- * encoding instead of stalling the stores (and the fence of the notify that
- * waits for them). A hint only: on a CPU without PREFETCHW it is a NOP. */
-#if defined(__x86_64__) || defined(__i386__)
-__attribute__((target("prfchw")))
-#endif
-static void prefetch_w(void *a, size_t n)
-{
-	for (uintptr_t c = (uintptr_t)a & ~(uintptr_t)63, e = (uintptr_t)a + n; c < e; c += 64)
-		__builtin_prefetch((void *)c, 1, 3);
-}
-
-/*
- * After a commit of @len bytes at @w, take the lines of where the next
- * record will go (about as long as this one) for writing. The consumer read
- * them a lap ago and holds them shared: the next post's stores would each
- * wait for the other core to give up its copy (16 lines for a 1 KiB
- * message), and the notify's fence for all of them. Taken now, while this
- * side waits for the reply, the transfers are off the next post's path (the
- * echo's post of a 1 KiB record: ~0.48 -> ~0.34 us). A prefetch changes
- * nothing the consumer can see, and never faults.
- */
-static void prefetch_next(ferry_port *p, unsigned char *w, size_t len)
-{
-	unsigned char *data = (unsigned char *)p->txv.ring + FERRY_RING_SPSC_HDR_SIZE;
-	size_t cap = p->txv.capacity, need = len + 16;
-	size_t off = (size_t)(w - data) + ((len + 7) & ~(size_t)7); /* the next record's header */
-	if (need > cap / 2)
-		return;
-	prefetch_w(data + (off + need <= cap ? off : 0), need);
-}
-
 #define DIRECT_NONE 1 /* post_direct did nothing: the general path from the start */
 #define DIRECT_CBOR 2 /* the encoding is in the scratch, the table in @pl */
 
@@ -834,7 +801,7 @@ static int post_direct(ferry_port *p, const ferry_value *v, const struct ferry_x
 	unsigned char *w = ra.where;
 	/* The size of this port's last direct record is the best guess of this one's. */
 	size_t pf = p->direct_len ? p->direct_len : head + 1024;
-	prefetch_w(w, pf < head + bound ? pf : head + bound);
+	ferry__prefetch_w(w, pf < head + bound ? pf : head + bound);
 	size_t len = 0;
 	int rc = ferry_clone_encode(v, w + head, bound, &len, &pl->table, NULL);
 	if (rc == 0 && pl->table.count == 0 && len <= p->max_message) {
@@ -846,7 +813,7 @@ static int post_direct(ferry_port *p, const ferry_value *v, const struct ferry_x
 		ferry_ec_notify(&p->txd->data_ec);
 		ferry__port_wake_fd(p);
 		p->direct_len = head + len;
-		prefetch_next(p, w, head + len);
+		ferry__port_prefetch_next(p, w, head + len);
 		return 0;
 	}
 	ferry__ring_spsc_view_cancel(&p->txv);

@@ -225,6 +225,14 @@ int ferry__port_recv_any(ferry_port *p, ferry_msg **msg, int64_t timeout_ns);
 int ferry__port_post_raw(ferry_port *p, uint32_t kind, const void *data, size_t len,
 			 int64_t timeout_ns);
 
+/* Ask for the lines of [@a, @a + @n) for writing (a hint: a NOP on a CPU
+ * without PREFETCHW; never faults, changes nothing another side can see). */
+void ferry__prefetch_w(void *a, size_t n);
+
+/* After a commit of the @len-byte record at @w in @p's tx ring, take the
+ * lines where the next record will go (about as long) for writing. */
+void ferry__port_prefetch_next(ferry_port *p, void *w, size_t len);
+
 /* Producer side, after a commit and its eventcount notify: wake a consumer
  * that waits on its pollable fd. */
 void ferry__port_wake_fd(ferry_port *p);
