@@ -50,6 +50,9 @@ enum pay_kind {
 	PK_OBJECT,    /* ~1 KiB structured object cloned both ways */
 	PK_ONEWAY,    /* buffer cloned there, 8 B ack back */
 	PK_ONEWAY_ZC, /* the same to a port set to zero-copy receive */
+	PK_WALK,      /* one thread: the object's CBOR walked item by item, nothing built */
+	PK_ENCODE,    /* one thread: ferry_clone_encode of the object */
+	PK_DECODE,    /* one thread: ferry_clone_decode of it, and ferry_value_free */
 };
 
 struct pay_param {
@@ -453,6 +456,116 @@ static ferry_value *obj_build(void)
 	return o;
 }
 
+/* ---- the object's codec, one thread ---- */
+
+/*
+ * The least any decoder of this CBOR must do: find where each item ends. An
+ * item's head says how long it is (or, for an array, map or tag, how many
+ * items follow), so each step waits for the byte the last one pointed at:
+ * one chain of dependent loads. Nothing is checked but the bounds and the
+ * forms ferry never writes. Returns the end of the data item at @p, or NULL.
+ */
+static const uint8_t *cbor_walk(const uint8_t *p, const uint8_t *end)
+{
+	uint64_t pending = 1; /* items still to walk, at every level */
+	while (pending) {
+		if (p >= end)
+			return NULL;
+		uint8_t ib = *p++;
+		unsigned ai = ib & 31, major = ib >> 5;
+		uint64_t arg = ai;
+		if (ai >= 24) {
+			if (ai > 27)
+				return NULL;
+			size_t n = (size_t)1 << (ai - 24);
+			if ((size_t)(end - p) < n)
+				return NULL;
+			arg = 0;
+			for (size_t k = 0; k < n; k++)
+				arg = arg << 8 | p[k];
+			p += n;
+		}
+		pending--;
+		if (major == 2 || major == 3) {
+			if (arg > (uint64_t)(end - p))
+				return NULL;
+			p += arg;
+		} else if (major == 4 || major == 5) {
+			pending += major == 5 ? 2 * arg : arg;
+		} else if (major == 6) {
+			pending++;
+		}
+	}
+	return p;
+}
+
+#define CODEC_BATCH 16 /* operations per sample: one is ~0.2-0.4 us */
+
+/* CODEC_BATCH operations of @kind on the object @o and its @len bytes of
+ * CBOR at @cbor; 0 or a ferry error. */
+static int codec_batch(enum pay_kind kind, const ferry_value *o, const unsigned char *cbor,
+		       size_t len)
+{
+	static unsigned char dst[4096];
+	for (int k = 0; k < CODEC_BATCH; k++) {
+		if (kind == PK_WALK) {
+			const uint8_t *e = cbor_walk(cbor, cbor + len);
+			__asm__ volatile("" : : "r"(e) : "memory");
+		} else if (kind == PK_ENCODE) {
+			size_t l;
+			int r = ferry_clone_encode(o, dst, sizeof dst, &l, NULL, NULL);
+			if (r)
+				return r;
+		} else {
+			ferry_value *d;
+			int r = ferry_clone_decode(cbor, len, NULL, &d);
+			if (r)
+				return r;
+			ferry_value_free(d);
+		}
+	}
+	return 0;
+}
+
+static int run_codec(struct bench_ctx *ctx, const struct pay_param *prm, struct bench_samples *out)
+{
+	size_t n, warm;
+	if (bench_prepare(ctx, out, BENCH_CHEAP, &n, &warm))
+		return bench_fail(ctx, -ENOMEM, "samples");
+	n = n / CODEC_BATCH + 1; /* as many operations as a row of one per sample */
+	static unsigned char cbor[4096];
+	ferry_value *o = obj_build(), *d = NULL;
+	if (!o)
+		return bench_ferry_fail(ctx, -ENOMEM, "building the object");
+	/* The first round checks what the rows time: a decode gives the
+	 * object back, and the walk ends where the encoding does. */
+	size_t len = 0;
+	int r = ferry_clone_encode(o, cbor, sizeof cbor, &len, NULL, NULL);
+	if (r == 0)
+		r = ferry_clone_decode(cbor, len, NULL, &d);
+	if (r) {
+		ferry_value_free(o);
+		return bench_ferry_fail(ctx, r, "the object's clone");
+	}
+	int same = ferry_value_equal(d, o);
+	ferry_value_free(d);
+	if (!same || cbor_walk(cbor, cbor + len) != cbor + len) {
+		ferry_value_free(o);
+		return bench_failx(ctx, -EBADMSG, "%s", !same ? "the object decoded to a different value"
+							   : "the walk does not end where the CBOR does");
+	}
+	for (size_t i = 0; i < warm && r == 0 && !bench_warm_stop(ctx, i); i++)
+		r = codec_batch(prm->kind, o, cbor, len);
+	for (size_t i = 0; i < n && r == 0 && !bench_stop(ctx, i); i++) {
+		uint64_t t0 = bench_now();
+		r = codec_batch(prm->kind, o, cbor, len);
+		uint64_t t1 = bench_now();
+		bench_samples_add(out, bench_ns(t1 - t0) / CODEC_BATCH);
+	}
+	ferry_value_free(o);
+	return r ? bench_ferry_fail(ctx, r, "the codec") : 0;
+}
+
 /* ---- the round trips ---- */
 
 struct pay_state {
@@ -609,6 +722,9 @@ static int pay_round(struct bench_ctx *ctx, struct pay_state *st, int verify)
 			return bench_ferry_fail(ctx, r, "ferry_port_post");
 		return pay_recv_raw(ctx, p, ACK_BYTES);
 	case PK_MEMCPY:
+	case PK_WALK:
+	case PK_ENCODE:
+	case PK_DECODE:
 		break;
 	}
 	return bench_failx(ctx, -EINVAL, "unknown payload kind %d", (int)prm->kind);
@@ -687,6 +803,8 @@ static int run_payload(struct bench_ctx *ctx, const struct bench_scenario *s,
 	const struct pay_param *prm = s->arg;
 	if (prm->kind == PK_MEMCPY)
 		return run_memcpy(ctx, prm, out);
+	if (prm->kind == PK_WALK || prm->kind == PK_ENCODE || prm->kind == PK_DECODE)
+		return run_codec(ctx, prm, out);
 	size_t bytes = prm->kind == PK_RAW || prm->kind == PK_OBJECT ? 0 : prm->size;
 	size_t n = pay_count(ctx, prm->kind, bytes), warm = pay_warm(ctx, n);
 	if (bench_samples_reserve(out, n))
@@ -738,6 +856,10 @@ static int run_payload(struct bench_ctx *ctx, const struct bench_scenario *s,
 #define MEMCPY_ROW(id_, ord, nm, size_)                                                      \
 	{ .id = "payload.memcpy." id_, .group = G_FLOOR, .order = ord, .name = nm,          \
 	  .unit = BENCH_NS, .run = run_payload, .arg = PARAM(PK_MEMCPY, size_, FERRY_THREAD) }
+
+#define CODEC_ROW(id_, ord, nm, fl, kind_)                                                     \
+	{ .id = "payload.codec." id_, .group = G_OBJECT, .order = ord, .name = nm, .floor = fl, \
+	  .unit = BENCH_NS, .run = run_payload, .arg = PARAM(kind_, 0, FERRY_THREAD) }
 
 #define ROW(id_, grp, ord, nm, be, fl, kind_, size_, backend_)                                 \
 	{ .id = id_, .group = grp, .order = ord, .name = nm, .backend = be, .mode = ADAP,     \
@@ -803,6 +925,12 @@ static const struct bench_scenario payload_scenarios[] = {
 	ROW2("payload.shared.16m", G_SHARED, 358, "shared 16 MiB", RAW, PK_SHARED, 16 * MIB),
 	ROW2("payload.shared.64m", G_SHARED, 360, "shared 64 MiB", RAW, PK_SHARED, 64 * MIB),
 
+	/* its codec alone, one thread, hot: against the least a decoder does */
+	CODEC_ROW("walk", 362, "object CBOR walk (item ends only, nothing built)", NULL, PK_WALK),
+	CODEC_ROW("encode", 363, "object encode (one thread, hot)", "payload.codec.walk",
+		  PK_ENCODE),
+	CODEC_ROW("decode", 364, "object decode + free (one thread, hot)", "payload.codec.walk",
+		  PK_DECODE),
 	/* the object's bytes as raw bytes: the transport's share of its round trip */
 	ROW2("payload.raw1k", G_OBJECT, 368, "port 1014 B raw (the object's size, no codec)", RAW,
 	     PK_RAW, OBJ_BYTES),
