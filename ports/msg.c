@@ -988,6 +988,8 @@ FERRY_API int ferry_port_post(ferry_port *p, const ferry_value *v, const struct 
 	ferry_ring_spsc_view_commit(&p->txv, rec_len);
 	ferry_ec_notify(&p->txd->data_ec);
 	ferry__port_wake_fd(p);
+	if (rec_len >= FERRY_PREFETCH_MIN)
+		ferry__port_prefetch_next(p, w, rec_len);
 
 	/* Committed: now the moves take effect. */
 	for (size_t i = 0; i < nh; i++) {

@@ -617,9 +617,6 @@ FERRY_API int ferry_port_post_bytes(ferry_port *p, const void *data, size_t len,
 	return ferry__port_post_raw(p, WIRE_RAW, data, len, timeout_ns);
 }
 
-/* Raw records from this size on take the next record's lines after commit. */
-#define RAW_PREFETCH_MIN 256
-
 int ferry__port_post_raw(ferry_port *p, uint32_t kind, const void *data, size_t len, int64_t timeout_ns)
 {
 	if (!p)
@@ -653,7 +650,7 @@ int ferry__port_post_raw(ferry_port *p, uint32_t kind, const void *data, size_t 
 	/* Not for a record of a few lines: the consumer polls the next one's
 	 * first line anyway, and a 64 B round trip gains nothing (512 B:
 	 * ~0.73 -> ~0.64 us). */
-	if (a.len >= RAW_PREFETCH_MIN)
+	if (a.len >= FERRY_PREFETCH_MIN)
 		ferry__port_prefetch_next(p, a.where, a.len);
 	return 0;
 }
