@@ -813,7 +813,7 @@ static int post_direct(ferry_port *p, const ferry_value *v, const struct ferry_x
 		ferry_ec_notify(&p->txd->data_ec);
 		ferry__port_wake_fd(p);
 		p->direct_len = head + len;
-		ferry__port_prefetch_next(p, w, head + len);
+		ferry__port_prefetch_next(p, head + len);
 		return 0;
 	}
 	ferry__ring_spsc_view_cancel(&p->txv);
@@ -989,7 +989,7 @@ FERRY_API int ferry_port_post(ferry_port *p, const ferry_value *v, const struct 
 	ferry_ec_notify(&p->txd->data_ec);
 	ferry__port_wake_fd(p);
 	if (rec_len >= FERRY_PREFETCH_MIN)
-		ferry__port_prefetch_next(p, w, rec_len);
+		ferry__port_prefetch_next(p, rec_len);
 
 	/* Committed: now the moves take effect. */
 	for (size_t i = 0; i < nh; i++) {

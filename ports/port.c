@@ -25,6 +25,7 @@
 #include "ports/port_int.h"
 #include "shm/cancel.h"
 #include "shm/err.h"
+#include "shm/ring_int.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -586,21 +587,20 @@ void ferry__prefetch_w(void *a, size_t n)
 }
 
 /*
- * Called after the commit of a record of @len bytes at @w: the next record
- * (guessed as long as this one) goes right after it, in lines the consumer
- * holds shared since it read them a lap ago. Taken now, while this side
- * waits for the reply, the transfers are off the next post's path: the
- * echo's post of a 1 KiB clone ~0.48 -> ~0.34 us; a raw 1 KiB round trip
- * ~1.19 -> ~0.95 us (docs/PERF.md). Nothing if the guess is half the ring.
+ * Called after the commit of a record of @len bytes: the next record (guessed
+ * as long as this one) goes right after it, in lines the consumer holds
+ * shared since it read them a lap ago. Taken now, while this side waits for
+ * the reply, the transfers are off the next post's path: the echo's post of
+ * a 1 KiB clone ~0.48 -> ~0.34 us; a raw 1 KiB round trip ~1.2 -> ~0.95 us
+ * (docs/PERF.md). Only room the ring says is free: never the lines a
+ * consumer that lags behind is still reading.
  */
-void ferry__port_prefetch_next(ferry_port *p, void *w, size_t len)
+void ferry__port_prefetch_next(ferry_port *p, size_t len)
 {
-	unsigned char *data = (unsigned char *)p->txv.ring + FERRY_RING_SPSC_HDR_SIZE;
-	size_t cap = p->txv.capacity, need = len + 16;
-	size_t off = (size_t)((unsigned char *)w - data) + ((len + 7) & ~(size_t)7); /* the next header */
-	if (need > cap / 2)
-		return;
-	ferry__prefetch_w(data + (off + need <= cap ? off : 0), need);
+	size_t n;
+	void *next = ferry__ring_spsc_view_next(&p->txv, len, &n);
+	if (next && n <= p->txv.capacity / 2)
+		ferry__prefetch_w(next, n);
 }
 
 static int try_reserve(ferry_port *p, void *arg)
@@ -651,7 +651,7 @@ int ferry__port_post_raw(ferry_port *p, uint32_t kind, const void *data, size_t 
 	 * first line anyway, and a 64 B round trip gains nothing (512 B:
 	 * ~0.73 -> ~0.64 us). */
 	if (a.len >= FERRY_PREFETCH_MIN)
-		ferry__port_prefetch_next(p, a.where, a.len);
+		ferry__port_prefetch_next(p, a.len);
 	return 0;
 }
 

@@ -229,11 +229,12 @@ int ferry__port_post_raw(ferry_port *p, uint32_t kind, const void *data, size_t 
  * without PREFETCHW; never faults, changes nothing another side can see). */
 void ferry__prefetch_w(void *a, size_t n);
 
-/* After a commit of the @len-byte record at @w in @p's tx ring, take the
- * lines where the next record will go (about as long) for writing. Raw and
- * general clone records call it from FERRY_PREFETCH_MIN bytes on. */
+/* After a commit of a @len-byte record to @p's tx ring, take the lines
+ * where the next record will go (guessed as long) for writing, if the ring
+ * has them free. Raw and general clone records call it from
+ * FERRY_PREFETCH_MIN bytes on. */
 #define FERRY_PREFETCH_MIN 256
-void ferry__port_prefetch_next(ferry_port *p, void *w, size_t len);
+void ferry__port_prefetch_next(ferry_port *p, size_t len);
 
 /* Producer side, after a commit and its eventcount notify: wake a consumer
  * that waits on its pollable fd. */

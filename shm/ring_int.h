@@ -17,4 +17,13 @@
  */
 int ferry__ring_spsc_view_cancel(struct ferry_ring_spsc_view *v); /* shm/ring_int.c */
 
+/*
+ * Producer: where the next record of @len bytes would go, its framing
+ * included (*@bytes long), if the room the view last saw holds it whole
+ * there; NULL (and 0) if it may not (full as far as the view knows, a wrap,
+ * too long, @v not set up). A hint for prefetching, not a reservation:
+ * nothing is written or published. (shm/ring_spsc.c)
+ */
+void *ferry__ring_spsc_view_next(const struct ferry_ring_spsc_view *v, size_t len, size_t *bytes);
+
 #endif

@@ -9,6 +9,7 @@
  */
 #include "ferry/ring.h"
 #include "shm/err.h"
+#include "shm/ring_int.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -981,6 +982,23 @@ FERRY_API int ferry_ring_spsc_view_init(struct ferry_ring_spsc_view *v, ferry_ri
 	v->head_cache = head & ~(uint64_t)7;
 	v->tail_cache = head & ~(uint64_t)7;
 	return 0;
+}
+
+void *ferry__ring_spsc_view_next(const struct ferry_ring_spsc_view *v, size_t len, size_t *bytes)
+{
+	*bytes = 0;
+	if (!VIEW_OK(v) || len > max_rec(v->capacity))
+		return NULL;
+	ferry_ring_spsc *r = v->ring;
+	/* relaxed: only this side writes tail */
+	uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed), cap = v->capacity;
+	uint64_t off = tail & (cap - 1), need = REC_HDR + align8(len);
+	/* As reserve_impl's fast path: room the cached head vouches for (a
+	 * stale cache only says less), and no wrap. */
+	if ((tail | v->head_cache) & 7 || off + need > cap || tail - v->head_cache > cap - need)
+		return NULL;
+	*bytes = (size_t)need;
+	return r->data + off;
 }
 
 FERRY_API int ferry_ring_spsc_view_reserve(struct ferry_ring_spsc_view *v, size_t len, void **p)

@@ -16,6 +16,7 @@
 
 #include "ferry/atomic.h"
 #include "ferry/ring.h"
+#include "shm/ring_int.h"
 
 #if defined(__SANITIZE_THREAD__)
 #define SLOW_SANITIZER 1
@@ -1266,6 +1267,87 @@ Test(ring_spsc, a_view_ignores_the_shared_per_side_words)
 	}
 	cr_expect_eq(rc, -EPROTO);
 	cr_expect(ferry_ring_spsc_is_closed(r));
+	free(r);
+}
+
+/*
+ * The producer's hint of where its next record goes (the ports prefetch
+ * it): the very place the next reserve takes, its framing included, and
+ * only room the view knows is free: never past a full ring, across the
+ * wrap, for a record too long, or on a view not set up.
+ */
+Test(ring_spsc, a_view_names_the_next_room_only_when_it_is_free)
+{
+	size_t n, bytes = 99;
+	ferry_ring_spsc *r = mk(1024, &n);
+	struct ferry_ring_spsc_view pv, cv, zero;
+	memset(&zero, 0, sizeof zero);
+	cr_assert_eq(ferry_ring_spsc_view_init(&pv, r, n), 0, "%s", ferry_errmsg());
+	cr_assert_eq(ferry_ring_spsc_view_init(&cv, r, n), 0, "%s", ferry_errmsg());
+	cr_expect_null(ferry__ring_spsc_view_next(&zero, 8, &bytes));
+	cr_expect_eq(bytes, 0);
+	cr_expect_null(ferry__ring_spsc_view_next(&pv, ferry_ring_spsc_max_record(r) + 1, &bytes));
+	void *w;
+	const void *p;
+	size_t len;
+	/* records of 100 bytes: 112 with framing, 9 fit in 1024 (the 10th
+	 * would wrap: 10 x 112 = 1120) */
+	for (int i = 0; i < 9; i++) {
+		unsigned char *next = ferry__ring_spsc_view_next(&pv, 100, &bytes);
+		cr_assert_not_null(next, "record %d", i);
+		cr_expect_eq(bytes, 112);
+		cr_assert_eq(ferry_ring_spsc_view_reserve(&pv, 100, &w), 0, "%s", ferry_errmsg());
+		cr_expect_eq((unsigned char *)w, next + 8, "record %d: the reserve's room", i);
+		memset(w, i, 100);
+		cr_assert_eq(ferry_ring_spsc_view_commit(&pv, 100), 0, "%s", ferry_errmsg());
+	}
+	/* 1008 bytes used: room for 8 (16 with framing) at the top, and for
+	 * nothing more */
+	cr_expect_not_null(ferry__ring_spsc_view_next(&pv, 8, &bytes));
+	cr_expect_eq(bytes, 16);
+	cr_expect_null(ferry__ring_spsc_view_next(&pv, 100, &bytes));
+	cr_expect_eq(bytes, 0);
+	cr_expect_null(ferry__ring_spsc_view_next(&pv, 16, &bytes), "16 more bytes would wrap");
+	/* The consumer takes them all: 16 bytes still would wrap, and 8 fit
+	 * at the top as before (what the view knows of head only says less) */
+	for (int i = 0; i < 9; i++) {
+		cr_assert_eq(ferry_ring_spsc_view_peek(&cv, &p, &len), 0, "%s", ferry_errmsg());
+		ferry_ring_spsc_view_release(&cv);
+	}
+	cr_expect_null(ferry__ring_spsc_view_next(&pv, 16, &bytes));
+	cr_expect_not_null(ferry__ring_spsc_view_next(&pv, 8, &bytes));
+	/* After a reserve that wrapped (its room at the bottom), the next room
+	 * is right after the wrapped record. */
+	cr_assert_eq(ferry_ring_spsc_view_reserve(&pv, 40, &w), 0, "%s", ferry_errmsg());
+	cr_assert_eq(ferry_ring_spsc_view_commit(&pv, 40), 0, "%s", ferry_errmsg());
+	unsigned char *next = ferry__ring_spsc_view_next(&pv, 40, &bytes);
+	cr_assert_not_null(next);
+	cr_expect_eq(bytes, 48);
+	cr_assert_eq(ferry_ring_spsc_view_reserve(&pv, 40, &w), 0, "%s", ferry_errmsg());
+	cr_expect_eq((unsigned char *)w, next + 8);
+	cr_expect_eq(ferry__ring_spsc_view_cancel(&pv), 0);
+	free(r);
+
+	/* Below a record not read yet: the room up to it and no more. Four of
+	 * 200 (208 framed) from 0, two read (head 416), a fifth wraps to the
+	 * bottom (tail 1232, at 208): [208, 416) is free, one byte more is not. */
+	r = mk(1024, &n);
+	cr_assert_eq(ferry_ring_spsc_view_init(&pv, r, n), 0, "%s", ferry_errmsg());
+	cr_assert_eq(ferry_ring_spsc_view_init(&cv, r, n), 0, "%s", ferry_errmsg());
+	for (int i = 0; i < 4; i++) {
+		cr_assert_eq(ferry_ring_spsc_view_reserve(&pv, 200, &w), 0, "%s", ferry_errmsg());
+		cr_assert_eq(ferry_ring_spsc_view_commit(&pv, 200), 0, "%s", ferry_errmsg());
+	}
+	for (int i = 0; i < 2; i++) {
+		cr_assert_eq(ferry_ring_spsc_view_peek(&cv, &p, &len), 0, "%s", ferry_errmsg());
+		ferry_ring_spsc_view_release(&cv);
+	}
+	cr_assert_eq(ferry_ring_spsc_view_reserve(&pv, 200, &w), 0, "%s", ferry_errmsg());
+	cr_assert_eq(ferry_ring_spsc_view_commit(&pv, 200), 0, "%s", ferry_errmsg());
+	next = ferry__ring_spsc_view_next(&pv, 200, &bytes);
+	cr_assert_not_null(next, "the room below the unread record");
+	cr_expect_eq(bytes, 208);
+	cr_expect_null(ferry__ring_spsc_view_next(&pv, 201, &bytes), "it would reach the unread record");
 	free(r);
 }
 
