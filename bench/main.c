@@ -139,7 +139,8 @@ static const char usage_text[] =
 	"ferry-bench never fails on a slow result: it exits 0 unless a row could not be\n"
 	"measured (a setup call failed or a peer was lost); that row shows the error,\n"
 	"the others are still measured, and the exit status is 1. A peer that is not\n"
-	"installed (node, piscina) makes its rows say \"skipped\" and is not a failure.\n";
+	"installed (node, piscina, or Concurrency Kit when this program was built)\n"
+	"makes its rows say \"skipped\" and is not a failure.\n";
 
 struct row {
 	const struct bench_scenario *s;
@@ -256,7 +257,7 @@ static void row_cells(const struct row *r, char a[32], char b[32], char c[32], c
 		snprintf(rb, 32, "-");
 }
 
-/* A row whose peer is not installed (node, piscina) says "skipped": a
+/* A row whose peer is not installed (node, piscina, ck) says "skipped": a
  * note, not a failure; any other message is an error. */
 static int row_skipped(const char *msg)
 {

@@ -652,11 +652,13 @@ static int pay_round(struct bench_ctx *ctx, struct pay_state *st, int verify)
 		pay_copy(st->dst, st->src, prm->size);
 		/* fall through */
 	case PK_RAW: {
+		/* PK_MEMCPY_RT's size is its copy's: its round trip is 64 B */
 		static const char msg[RAW_MAX] = "payload";
-		r = ferry_port_post_bytes(p, msg, prm->size, ctx->peer_timeout_ns);
+		size_t len = prm->kind == PK_RAW ? prm->size : RAW_BYTES;
+		r = ferry_port_post_bytes(p, msg, len, ctx->peer_timeout_ns);
 		if (r)
 			return bench_ferry_fail(ctx, r, "ferry_port_post_bytes");
-		return pay_recv_raw(ctx, p, prm->size);
+		return pay_recv_raw(ctx, p, len);
 	}
 	case PK_CLONE:
 	case PK_OBJECT:

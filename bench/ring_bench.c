@@ -278,7 +278,7 @@ static int run_tp(struct bench_ctx *ctx, const struct bench_scenario *s, struct 
 	const struct param *p = s->arg;
 #ifndef FERRY_HAVE_CK
 	if (p->kind == CK_SPSC || p->kind == CK_MPMC)
-		return bench_failx(ctx, -ENOSYS, "built without Concurrency Kit (libck-dev)");
+		return bench_failx(ctx, -ENOSYS, "skipped: built without Concurrency Kit (libck-dev)");
 #endif
 	size_t n = bench_count(ctx, BENCH_CHEAP) / ROUND + 1;
 	size_t warm = bench_warmup_count(ctx, BENCH_CHEAP) / ROUND + 1;
