@@ -108,7 +108,12 @@ struct plan {
 	unsigned char transferred_in[PLAN_FEW];
 };
 
-static void plan_fini(struct plan *pl)
+/* Handle tables up to this many entries go back to their port for its next
+ * post (one thread posts on a port at a time): a message with handles then
+ * encodes without a malloc. A longer one is freed. */
+#define POST_TABLE_KEEP 64
+
+static void plan_fini(ferry_port *p, struct plan *pl)
 {
 	for (unsigned i = 0; i < pl->stash_fds; i++)
 		close(pl->fds[pl->stash_fd0 + i]);
@@ -117,7 +122,12 @@ static void plan_fini(struct plan *pl)
 		free(pl->descs);
 	if (pl->transferred != pl->transferred_in)
 		free(pl->transferred);
-	ferry_clone_handles_fini(&pl->table);
+	if (pl->table.cap <= POST_TABLE_KEEP && !p->post_table.items) {
+		p->post_table = pl->table;
+		p->post_table.count = 0;
+	} else {
+		ferry_clone_handles_fini(&pl->table);
+	}
 }
 
 static int check_xfer(ferry_port *p, const struct ferry_xfer *x)
@@ -755,6 +765,7 @@ void ferry__msg_port_fini(ferry_port *p)
 	free(p->scratch);
 	p->scratch = NULL;
 	p->scratch_cap = 0;
+	ferry_clone_handles_fini(&p->post_table);
 }
 
 struct reserve_arg {
@@ -870,10 +881,12 @@ FERRY_API int ferry_port_post(ferry_port *p, const ferry_value *v, const struct 
 	pl.cbor_data = NULL;
 	pl.cbor_len = 0;
 	pl.spill = NULL;
-	ferry_clone_handles_init(&pl.table);
+	/* The port's table from its last post, if it kept one (plan_fini). */
+	pl.table = p->post_table;
+	ferry_clone_handles_init(&p->post_table);
 	rc = post_direct(p, v, x, &pl);
 	if (rc == 0 || rc < 0) {
-		plan_fini(&pl);
+		plan_fini(p, &pl);
 		return rc;
 	}
 	/* Only now (the direct path never waits): the clock costs ~20 ns, and
@@ -883,13 +896,13 @@ FERRY_API int ferry_port_post(ferry_port *p, const ferry_value *v, const struct 
 	if (rc == 0)
 		rc = plan_handles(x, &pl);
 	if (rc) {
-		plan_fini(&pl);
+		plan_fini(p, &pl);
 		return rc;
 	}
 	size_t nh = pl.table.count;
 	size_t body_len = pl.cbor_len + pl.inline_len;
 	if (body_len > p->max_message) {
-		plan_fini(&pl);
+		plan_fini(p, &pl);
 		return ferry__fail(-EMSGSIZE, "ferry_port_post: a %zu-byte message exceeds the channel's max_message %zu",
 				   body_len, p->max_message);
 	}
@@ -900,18 +913,18 @@ FERRY_API int ferry_port_post(ferry_port *p, const ferry_value *v, const struct 
 	if (rec_len - sizeof(struct wire_hdr) > p->max_msg) {
 		/* Too big for the ring: the body goes into a segment of its own. */
 		if (head - sizeof(struct wire_hdr) > p->max_msg) {
-			plan_fini(&pl);
+			plan_fini(p, &pl);
 			return ferry__fail(-EMSGSIZE, "ferry_port_post: %zu handles do not fit this port's ring", nh);
 		}
 		rc = spill_take(p, body_len, &pl.spill);
 		if (rc) {
-			plan_fini(&pl);
+			plan_fini(p, &pl);
 			return rc;
 		}
 		unsigned char *dst = (unsigned char *)ferry_seg_data(pl.spill) + SPILL_HDR;
 		if (!pl.cbor_data && (rc = encode_into(v, &pl, dst)) != 0) {
 			spill_put_back(pl.spill);
-			plan_fini(&pl);
+			plan_fini(p, &pl);
 			return rc;
 		}
 		write_body(dst, &pl, pl.cbor_data);
@@ -919,7 +932,7 @@ FERRY_API int ferry_port_post(ferry_port *p, const ferry_value *v, const struct 
 		rec_len = head;
 		spilled = 1;
 	} else if (!pl.cbor_data && (rc = encode_scratch(p, v, &pl)) != 0) {
-		plan_fini(&pl);
+		plan_fini(p, &pl);
 		return rc;
 	}
 	const unsigned char *cbor = pl.cbor_data;
@@ -928,7 +941,7 @@ FERRY_API int ferry_port_post(ferry_port *p, const ferry_value *v, const struct 
 	rc = ferry__port_wait(p, &p->txd->space_ec, try_reserve_rec, &ra, timeout_ns);
 	if (rc) {
 		spill_put_back(pl.spill);
-		plan_fini(&pl);
+		plan_fini(p, &pl);
 		if (rc == -EPIPE)
 			return ferry__fail(rc, "ferry_port_post: the channel is closed%s",
 					   ferry__port_gone(p) ? " (peer process gone)" : "");
@@ -970,7 +983,7 @@ FERRY_API int ferry_port_post(ferry_port *p, const ferry_value *v, const struct 
 			ferry_ec_notify(&p->txd->data_ec);
 			ferry__port_wake_fd(p);
 			spill_put_back(pl.spill);
-			plan_fini(&pl);
+			plan_fini(p, &pl);
 			return ferry__fail(rc, "ferry_port_post: passing %u fds failed: %s", ch.nfds,
 					   ferry_strerror(rc));
 		}
@@ -1000,7 +1013,7 @@ FERRY_API int ferry_port_post(ferry_port *p, const ferry_value *v, const struct 
 		else
 			ferry__buf_detach(pl.table.items[i].handle);
 	}
-	plan_fini(&pl);
+	plan_fini(p, &pl);
 	return 0;
 }
 

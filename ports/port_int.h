@@ -6,6 +6,7 @@
 #include "ferry/port.h"
 #include "ferry/ring.h"
 #include "ferry/seg.h"
+#include "ferry/value.h"
 
 #include <pthread.h>
 #include <stdalign.h>
@@ -125,6 +126,7 @@ struct ferry_port {
 	uint64_t chan_id;           /* the segment's inode: same channel across processes */
 	unsigned char *scratch;     /* clone encoding space of the sender (msg.c) */
 	size_t scratch_cap;
+	struct ferry_clone_handles post_table; /* the last post's handle table, emptied (msg.c) */
 	size_t direct_len;          /* the last record encoded in place (msg.c post_direct) */
 	/* Spill segments this sender reuses once the receiver has let go of
 	 * them, and the ones this receiver keeps mapped (msg.c). */

@@ -30,20 +30,26 @@ static inline void ring_insert(struct fv_chunk *ring, struct fv_chunk *c)
 }
 
 /*
- * One spare home chunk per thread. A thread that receives messages in a loop
+ * Spare home chunks, per thread. A thread that receives messages in a loop
  * frees each decoded graph before (or soon after) decoding the next: keeping
  * the last home chunk saves a malloc and a free per message, and glibc's
  * consolidation of its fast bins that a large malloc triggers (both were
- * visible in the 1 KiB object round trip). Only home chunks of FV_SPARE_MIN to
- * FV_SPARE_MAX bytes are kept (a decoded message's; a constructor's are
- * smaller), and reused for a graph that fills at least half; a key's destructor
- * frees the spare when its thread ends.
+ * visible in the 1 KiB object round trip). Two slots, small and large home
+ * chunks apart, each the last one freed, so that a thread whose messages
+ * alternate between a few fields and many keeps one of each, and a slot never
+ * stays stuck with a size the thread stopped using. Only chunks of
+ * FV_SPARE_MIN to FV_SPARE_MAX bytes are kept (the smallest is what the
+ * decoder asks for a message of a few bytes: a clone of one small buffer
+ * reused it for ~40 ns less a message; a constructor's own chunk is smaller),
+ * and reused for a graph that fills at least half; a key's destructor frees
+ * them when their thread ends.
  */
-#define FV_SPARE_MIN 1024
+#define FV_SPARE_MIN (FV_CHUNK_HDR + 64 + 256)
 #define FV_SPARE_MAX (FV_CHUNK_HDR + 64 + FV_CHUNK_MAX)
+#define FV_SPARE_SPLIT 4096 /* the small slot holds chunks up to this size */
 
-static __thread struct fv_chunk *fv_spare;
-static __thread size_t fv_spare_size;
+static __thread struct fv_chunk *fv_spare[2];
+static __thread size_t fv_spare_size[2];
 static __thread bool fv_spare_keyed;
 static pthread_key_t fv_spare_key;
 static pthread_once_t fv_spare_once = PTHREAD_ONCE_INIT;
@@ -52,9 +58,11 @@ static bool fv_spare_key_ok;
 static void fv_spare_drop(void *unused)
 {
 	(void)unused;
-	free(fv_spare);
-	fv_spare = NULL;
-	fv_spare_size = 0;
+	for (int k = 0; k < 2; k++) {
+		free(fv_spare[k]);
+		fv_spare[k] = NULL;
+		fv_spare_size[k] = 0;
+	}
 	fv_spare_keyed = false; /* a later destructor's free may key it again */
 }
 
@@ -63,10 +71,11 @@ static void fv_spare_key_init(void)
 	fv_spare_key_ok = pthread_key_create(&fv_spare_key, fv_spare_drop) == 0;
 }
 
-/* Keep @c (@size bytes) as this thread's spare if it may; true if kept. */
+/* Keep @c (@size bytes) as this thread's spare of its size if it may (the
+ * one it replaces is freed); true if kept. */
 static bool fv_spare_keep(struct fv_chunk *c, size_t size)
 {
-	if (size < FV_SPARE_MIN || size > FV_SPARE_MAX || fv_spare)
+	if (size < FV_SPARE_MIN || size > FV_SPARE_MAX)
 		return false;
 	if (FERRY_UNLIKELY(!fv_spare_keyed)) {
 		/* Register the thread for the destructor (any non-NULL value). */
@@ -75,9 +84,28 @@ static bool fv_spare_keep(struct fv_chunk *c, size_t size)
 			return false;
 		fv_spare_keyed = true;
 	}
-	fv_spare = c;
-	fv_spare_size = size;
+	int k = size > FV_SPARE_SPLIT;
+	free(fv_spare[k]);
+	fv_spare[k] = c;
+	fv_spare_size[k] = size;
 	return true;
+}
+
+/* A spare of @size bytes or more that @size fills at least half of, taken
+ * out of its slot (*@got its size), or NULL. */
+static struct fv_chunk *fv_spare_take(size_t size, size_t *got)
+{
+	for (int k = size > FV_SPARE_SPLIT; k < 2; k++) {
+		size_t have = fv_spare_size[k];
+		if (fv_spare[k] && have >= size && have - size <= size) {
+			struct fv_chunk *c = fv_spare[k];
+			fv_spare[k] = NULL;
+			fv_spare_size[k] = 0;
+			*got = have;
+			return c;
+		}
+	}
+	return NULL;
 }
 
 struct fv_graph *ferry__fv_graph_new(size_t first)
@@ -85,13 +113,12 @@ struct fv_graph *ferry__fv_graph_new(size_t first)
 	size_t ghdr = round16(sizeof(struct fv_graph));
 	first = round16(first);
 	size_t size = FV_CHUNK_HDR + ghdr + first;
-	struct fv_chunk *home;
-	if (fv_spare && fv_spare_size >= size && fv_spare_size - size <= size) {
-		/* The spare, unless it would waste more than half of itself. */
-		home = fv_spare;
-		size = fv_spare_size;
+	size_t got;
+	/* A spare, unless it would waste more than half of itself. */
+	struct fv_chunk *home = fv_spare_take(size, &got);
+	if (home) {
+		size = got;
 		first = size - FV_CHUNK_HDR - ghdr;
-		fv_spare = NULL;
 	} else {
 		home = malloc(size);
 		if (!home)
