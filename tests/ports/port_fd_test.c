@@ -262,6 +262,18 @@ static void inflight_commit(struct inflight *f)
 	f->buf = NULL;
 }
 
+/* A channel (*@a, *@b), @b in fd mode, whose @b has stashed the in-flight
+ * batch @f (filled with @tag): its poll found the batch and no record. */
+static void stashed_channel(ferry_port **a, ferry_port **b, struct inflight *f, int tag)
+{
+	cr_assert_eq(ferry_channel(a, b, NULL), 0);
+	ferry_port_fd(*b);
+	inflight_send(f, *a, tag);
+	ferry_msg *m;
+	cr_assert_eq(ferry_port_recv(*b, &m, 0), -EAGAIN);
+	cr_assert_eq(atomic_load(&(*b)->stash_n), 1, "the batch was not stashed");
+}
+
 /* The message of inflight_send(@tag) arrived whole. */
 static int whole(const ferry_msg *m, int tag)
 {
@@ -334,13 +346,8 @@ Test(port_fd, stash_closed_with_the_port)
 {
 	for (int how = 0; how < 2; how++) {
 		ferry_port *a, *b;
-		cr_assert_eq(ferry_channel(&a, &b, NULL), 0);
-		ferry_port_fd(b);
 		struct inflight f;
-		inflight_send(&f, a, 1);
-		ferry_msg *m;
-		cr_assert_eq(ferry_port_recv(b, &m, 0), -EAGAIN);
-		cr_assert_eq(atomic_load(&b->stash_n), 1);
+		stashed_channel(&a, &b, &f, 1);
 		ferry_buf_free(f.buf);
 		if (how == 0) {
 			ferry_port_close(b);
@@ -377,13 +384,9 @@ static int takes_port(ferry_worker_ctx *ctx)
 static void stash_travels(int backend)
 {
 	ferry_port *a, *b;
-	cr_assert_eq(ferry_channel(&a, &b, NULL), 0);
-	ferry_port_fd(b);
 	struct inflight f;
-	inflight_send(&f, a, 0x33);
+	stashed_channel(&a, &b, &f, 0x33);
 	ferry_msg *m;
-	cr_assert_eq(ferry_port_recv(b, &m, 0), -EAGAIN);
-	cr_assert_eq(atomic_load(&b->stash_n), 1, "the batch was not stashed");
 
 	struct ferry_worker_opts o = { .backend = backend, .entry = takes_port };
 	ferry_worker *w;
@@ -410,14 +413,10 @@ Test(port_fd, stash_travels_process) { stash_travels(FERRY_PROCESS); }
 Test(port_fd, stash_kept_when_the_transfer_fails)
 {
 	ferry_port *a, *b, *c, *d;
-	cr_assert_eq(ferry_channel(&a, &b, NULL), 0);
-	cr_assert_eq(ferry_channel(&c, &d, NULL), 0);
-	ferry_port_fd(b);
 	struct inflight f;
-	inflight_send(&f, a, 0x21);
+	stashed_channel(&a, &b, &f, 0x21);
+	cr_assert_eq(ferry_channel(&c, &d, NULL), 0);
 	ferry_msg *m;
-	cr_assert_eq(ferry_port_recv(b, &m, 0), -EAGAIN);
-	cr_assert_eq(atomic_load(&b->stash_n), 1);
 	char fill[1024] = { 0 };
 	while (ferry_port_post_bytes(c, fill, sizeof fill, 0) == 0)
 		;
